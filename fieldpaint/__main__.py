@@ -1,0 +1,3 @@
+from fieldpaint.cli import main
+
+raise SystemExit(main())
