@@ -1,0 +1,387 @@
+"""Fields from NetCDF/Zarr (user data and built-in data alike) as normalised tensors with a valid mask.
+
+The path of one file through this module:
+
+1. open lazily (`fieldpaint.data.io.open_dataset`); nothing is read yet;
+2. find which dims are the samples and the grid (`find_layout`): named in the config, or detected
+   from usual names (time/sample/member, y/lat/rows, x/lon/cols), or else the last two free dims;
+3. label every sample 'train' or 'test' (`split_labels`): the file's `split` variable, or else the
+   LAST `test_fraction` of the samples is the test split - contiguous, so consecutive time steps
+   of a series do not leak between the splits;
+4. read the selected split's samples, and only those, into memory as float32 (N, C, H, W): the
+   fast in-memory training wants this; a 9,180 x 2 x 64 x 128 split takes 600 MB;
+5. build the valid mask: a pixel is valid when every channel is finite there (NaN marks
+   never-valid pixels such as land in an ocean field); inf is an error, not a mask;
+6. z-score each channel with train-split statistics over valid pixels (`FieldStats`), then set
+   invalid pixels to 0 so the network sees finite numbers; the mask travels with every sample so
+   that losses and scores can ignore those pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+import xarray as xr
+from torch.utils.data import Dataset
+
+from fieldpaint.config import DataConfig
+from fieldpaint.data.io import SPLIT_VALUES, SPLIT_VARIABLE, open_dataset
+from fieldpaint.errors import DataError
+
+Split = Literal["train", "test", "all"]
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+SAMPLE_DIM_NAMES = ("sample", "samples", "time", "t", "member", "ensemble", "realization",
+                    "number", "init_time", "valid_time", "step", "record", "n", "index")
+Y_DIM_NAMES = ("y", "lat", "latitude", "rows", "row", "nlat", "ny", "yc", "rlat", "south_north")
+X_DIM_NAMES = ("x", "lon", "longitude", "cols", "col", "columns", "nlon", "nx", "xc", "rlon", "west_east")
+MIN_GRID = 8  # smallest H and W: the UNet halves the grid at least three times
+# A spread below float32's resolution (~1e-7 of the values) is rounding, not signal.
+CONSTANT_RTOL = 1e-6
+STATS_CHUNK = 256  # samples per float64 block when accumulating statistics
+
+
+# ----------------------------------------------------------------------------------------------
+# normalisation statistics
+
+
+@dataclass(frozen=True)
+class FieldStats:
+    """Per-channel mean and standard deviation (physical units), saved with every run."""
+
+    variables: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.variables) == len(self.mean) == len(self.std):
+            raise DataError(f"normalisation statistics: {len(self.variables)} variables but "
+                            f"{len(self.mean)} means and {len(self.std)} stds")
+        for name, m, s in zip(self.variables, self.mean, self.std):
+            if not (np.isfinite(m) and np.isfinite(s) and s > 0):
+                raise DataError(f"normalisation statistics for {name!r}: mean {m}, std {s} (need finite, std > 0)")
+
+    def to_dict(self) -> dict[str, list]:
+        return {"variables": list(self.variables), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> FieldStats:
+        try:
+            return cls(tuple(str(v) for v in values["variables"]),
+                       tuple(float(m) for m in values["mean"]), tuple(float(s) for s in values["std"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"normalisation statistics are malformed: {err!r}") from None
+
+    def _shaped(self, x: ArrayT) -> tuple[ArrayT, ArrayT]:
+        """mean and std as (C, 1, 1) in x's type, dtype and device, to broadcast over (..., C, H, W)."""
+        if x.ndim < 3 or x.shape[-3] != len(self.variables):
+            raise ValueError(f"expected (..., {len(self.variables)}, H, W), got {tuple(x.shape)}")
+        if isinstance(x, torch.Tensor):
+            dtype = x.dtype if x.is_floating_point() else torch.float32
+            as_t = lambda v: torch.tensor(v, dtype=dtype, device=x.device).view(-1, 1, 1)  # noqa: E731
+            return as_t(self.mean), as_t(self.std)
+        dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+        return (np.asarray(self.mean, dtype=dtype).reshape(-1, 1, 1),
+                np.asarray(self.std, dtype=dtype).reshape(-1, 1, 1))
+
+    def normalize(self, x: ArrayT) -> ArrayT:
+        mean, std = self._shaped(x)
+        return (x - mean) / std
+
+    def denormalize(self, x: ArrayT) -> ArrayT:
+        mean, std = self._shaped(x)
+        return x * std + mean
+
+
+def compute_stats(x: np.ndarray, valid: np.ndarray, variables: Sequence[str]) -> FieldStats:
+    """Mean and (population) std per channel of x (N, C, H, W) over valid (N, 1, H, W) pixels.
+
+    Two passes in float64 blocks: exact enough for fields with a large mean (pressure in Pa)
+    and no float64 copy of the whole split.
+    """
+    count = int(valid.sum())
+    if count == 0:
+        raise DataError("no valid pixel to compute normalisation statistics from")
+    mean = _masked_channel_sum(x, valid, lambda b: b) / count
+    var = _masked_channel_sum(x, valid, lambda b: (b - mean[:, None, None]) ** 2) / count
+    std = np.sqrt(var)
+    for name, m, s in zip(variables, mean, std):
+        if s <= CONSTANT_RTOL * abs(m) or s == 0:
+            raise DataError(f"channel {name!r} is constant over the train split (mean {m:.6g}, std {s:.3g}): "
+                            "it cannot be normalised; remove it from data.variables")
+    return FieldStats(tuple(variables), tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
+def _masked_channel_sum(x: np.ndarray, valid: np.ndarray, f) -> np.ndarray:
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    for start in range(0, x.shape[0], STATS_CHUNK):
+        block = f(x[start:start + STATS_CHUNK].astype(np.float64))
+        total += np.where(valid[start:start + STATS_CHUNK], block, 0.0).sum(axis=(0, 2, 3))
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# which dims are samples and grid
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """How a variable's dims map to (sample, y, x); `squeeze` lists its extra size-1 dims."""
+
+    sample_dim: str | None  # None: the variable is one sample
+    y_dim: str
+    x_dim: str
+    squeeze: tuple[str, ...] = ()
+
+
+def _match(dims: Sequence[str], names: Sequence[str], taken: set) -> str | None:
+    for dim in dims:
+        if dim not in taken and dim.lower() in names:
+            return dim
+    return None
+
+
+def find_layout(name: str, dims: Sequence[str], sizes: Mapping[str, int], sample_dim: str | None = None,
+                y_dim: str | None = None, x_dim: str | None = None) -> GridLayout:
+    """Dims named in the config, else detected by usual names, else the last two free dims (C order)."""
+    dims = tuple(str(d) for d in dims)
+    for key, given in (("sample_dim", sample_dim), ("y_dim", y_dim), ("x_dim", x_dim)):
+        if given is not None and given not in dims:
+            raise DataError(f"data.{key} {given!r} is not a dimension of variable {name!r} (its dims: {dims})")
+    y = y_dim or _match(dims, Y_DIM_NAMES, {sample_dim, x_dim})
+    x = x_dim or _match(dims, X_DIM_NAMES, {sample_dim, y})
+    free = [d for d in dims if d not in {sample_dim, y, x} and d.lower() not in SAMPLE_DIM_NAMES]
+    x = x or (free.pop() if free else None)
+    y = y or (free.pop() if free else None)
+    if y is None or x is None:
+        raise DataError(f"variable {name!r} has dims {dims}: fewer than two spatial dims "
+                        "(need y and x; set data.y_dim and data.x_dim if they have other names)")
+    rest = [d for d in dims if d not in (y, x)]
+    sample = sample_dim or _match(rest, SAMPLE_DIM_NAMES, set())
+    big = [d for d in rest if sizes[d] > 1]
+    if sample is None and len(big) == 1:
+        sample = big[0]  # one unnamed non-grid dim: it can only be the samples
+    extra = [d for d in big if d != sample]
+    if extra:
+        listed = ", ".join(f"{d!r} (size {sizes[d]})" for d in extra)
+        raise DataError(f"variable {name!r} has extra non-singleton dims {listed} besides sample {sample!r}, "
+                        f"y {y!r}, x {x!r}: select one value of each first, or name data.sample_dim")
+    return GridLayout(sample, y, x, tuple(d for d in rest if d != sample))
+
+
+def dataset_layout(ds: xr.Dataset, variables: Sequence[str], sample_dim: str | None,
+                   y_dim: str | None, x_dim: str | None) -> GridLayout:
+    """The layout shared by all `variables`; DataError when one is missing or they disagree."""
+    available = [str(v) for v in ds.data_vars if v != SPLIT_VARIABLE]
+    layouts = []
+    for name in variables:
+        if name not in ds.data_vars or name == SPLIT_VARIABLE:
+            raise DataError(f"no variable {name!r} in the data; available: {', '.join(available) or 'none'}")
+        da = ds[name]
+        if da.dtype.kind not in "fiu":
+            raise DataError(f"variable {name!r} is not numeric (dtype {da.dtype})")
+        layouts.append(find_layout(name, da.dims, da.sizes, sample_dim, y_dim, x_dim))
+    first = layouts[0]
+    for name, layout in zip(variables, layouts):
+        same = (layout.sample_dim, layout.y_dim, layout.x_dim) == (first.sample_dim, first.y_dim, first.x_dim)
+        if not same:
+            raise DataError(f"variables {variables[0]!r} and {name!r} have different dims "
+                            f"({first.sample_dim}, {first.y_dim}, {first.x_dim}) vs "
+                            f"({layout.sample_dim}, {layout.y_dim}, {layout.x_dim})")
+    return first
+
+
+def check_grid(height: int, width: int, expected: tuple[int, int] | None) -> None:
+    if height < MIN_GRID or width < MIN_GRID:
+        raise DataError(f"grid {height}x{width} is too small (at least {MIN_GRID}x{MIN_GRID})")
+    if expected is not None and (height, width) != tuple(expected):
+        raise DataError(f"grid is {height}x{width} but {expected[0]}x{expected[1]} was expected "
+                        "(data.height x data.width)")
+
+
+# ----------------------------------------------------------------------------------------------
+# train/test split
+
+
+def split_labels(ds: xr.Dataset, layout: GridLayout, n_samples: int, test_fraction: float) -> np.ndarray:
+    """'train'/'test' for each sample: the file's `split` variable, else the last fraction is test."""
+    if SPLIT_VARIABLE in ds.variables:
+        var = ds[SPLIT_VARIABLE]
+        expected = (layout.sample_dim,) if layout.sample_dim else ()
+        if var.dims != expected:
+            raise DataError(f"the {SPLIT_VARIABLE!r} variable has dims {var.dims}, expected {expected}")
+        labels = np.array([v.decode() if isinstance(v, bytes) else str(v)
+                           for v in np.asarray(var.values).reshape(-1)], dtype=object)
+        bad = sorted(set(labels) - set(SPLIT_VALUES))
+        if bad:
+            raise DataError(f"the {SPLIT_VARIABLE!r} variable holds {bad}; only 'train' and 'test' are allowed")
+        return labels
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test_fraction {test_fraction} is not in (0, 1)")
+    # At least one sample on each side when there are two or more.
+    n_test = 0 if n_samples < 2 else min(n_samples - 1, max(1, round(n_samples * test_fraction)))
+    return np.array(["train"] * (n_samples - n_test) + ["test"] * n_test, dtype=object)
+
+
+def split_indices(labels: np.ndarray, split: Split, source: str) -> np.ndarray:
+    if split not in ("train", "test", "all"):
+        raise DataError(f"split {split!r} is not one of 'train', 'test', 'all'")
+    indices = np.arange(len(labels)) if split == "all" else np.flatnonzero(labels == split)
+    if len(indices) == 0:
+        raise DataError(f"no {split} samples in {source} ({len(labels)} samples, "
+                        f"{int((labels == 'train').sum())} train, {int((labels == 'test').sum())} test)")
+    return indices
+
+
+# ----------------------------------------------------------------------------------------------
+# reading and checking values
+
+
+def read_fields(ds: xr.Dataset, variables: Sequence[str], layout: GridLayout,
+                indices: np.ndarray, source: str = "the dataset") -> np.ndarray:
+    """The chosen samples of every variable as float32 (N, C, H, W); reads only those samples."""
+    height, width = ds.sizes[layout.y_dim], ds.sizes[layout.x_dim]
+    out = np.empty((len(indices), len(variables), height, width), dtype=np.float32)
+    contiguous = len(indices) > 0 and np.array_equal(indices, np.arange(indices[0], indices[0] + len(indices)))
+    which = slice(int(indices[0]), int(indices[-1]) + 1) if contiguous else indices
+    for c, name in enumerate(variables):
+        da = ds[name].isel({d: 0 for d in layout.squeeze})
+        if layout.sample_dim is None:
+            da = da.expand_dims("__sample__")
+            sample_dim = "__sample__"
+        else:
+            sample_dim = layout.sample_dim
+        da = da.isel({sample_dim: which}).transpose(sample_dim, layout.y_dim, layout.x_dim)
+        try:
+            out[:, c] = np.asarray(da.values, dtype=np.float32)
+        except (OSError, RuntimeError, ValueError) as err:  # a damaged chunk shows only when read
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(f"cannot read variable {name!r} from {source}: {reason}") from None
+    return out
+
+
+def valid_mask(x: np.ndarray, variables: Sequence[str], sample_index: np.ndarray) -> np.ndarray:
+    """(N, 1, H, W) bool, True where every channel is finite; DataError for inf or an all-NaN sample."""
+    infinite = np.isinf(x)
+    if infinite.any():
+        n, c = np.argwhere(infinite.any(axis=(2, 3)))[0]
+        raise DataError(f"variable {variables[c]!r} has infinite values (first in sample {sample_index[n]}); "
+                        "use NaN for missing pixels")
+    valid = np.isfinite(x).all(axis=1, keepdims=True)
+    empty = np.flatnonzero(~valid.any(axis=(1, 2, 3)))
+    if len(empty):
+        raise DataError(f"sample {sample_index[empty[0]]} has no valid pixel (all NaN in some channel)"
+                        + (f"; {len(empty)} such samples" if len(empty) > 1 else ""))
+    return valid
+
+
+def normalize_in_place(x: np.ndarray, valid: np.ndarray, stats: FieldStats) -> None:
+    """z-score x (N, C, H, W) in place, then 0 at never-valid pixels: the network needs finite input."""
+    x -= np.asarray(stats.mean, dtype=x.dtype).reshape(-1, 1, 1)
+    x /= np.asarray(stats.std, dtype=x.dtype).reshape(-1, 1, 1)
+    np.copyto(x, 0.0, where=~valid)
+
+
+def _plain(value: Any) -> Any:
+    """netCDF attributes come back as numpy scalars and arrays; runs store them as JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# the dataset
+
+
+class FieldDataset(Dataset):
+    """One split of a gridded dataset as normalised (C, H, W) tensors with a (1, H, W) valid mask.
+
+    The selected split is read into memory on construction (float32, N*C*H*W*4 bytes) and the file
+    is closed; only that split's samples are read from disk. Statistics come from `stats` when
+    given (the test split and inference reuse the train statistics), else from the train split of
+    the same source (limited to `max_samples` when `split` is 'train').
+
+    `max_samples` keeps the first N samples of the split. Items are
+    dict(x=(C, H, W) float32 with never-valid pixels 0, valid=(1, H, W) float32 0/1,
+    index=position of the sample along the file's sample dim).
+    """
+
+    def __init__(self, source: str | Path | xr.Dataset, variables: Sequence[str], split: Split = "train", *,
+                 stats: FieldStats | None = None, sample_dim: str | None = None, y_dim: str | None = None,
+                 x_dim: str | None = None, test_fraction: float = 0.1, max_samples: int | None = None,
+                 expected_shape: tuple[int, int] | None = None) -> None:
+        self.variables = tuple(variables)
+        if not self.variables:
+            raise DataError("at least one variable is needed")
+        if stats is not None and tuple(stats.variables) != self.variables:
+            raise DataError(f"the normalisation statistics are for variables {list(stats.variables)}, "
+                            f"not {list(self.variables)}")
+        if max_samples is not None and max_samples < 1:
+            raise DataError(f"max_samples {max_samples} must be at least 1")
+        if isinstance(source, xr.Dataset):
+            self._load(source, "the given dataset", split, stats, sample_dim, y_dim, x_dim,
+                       test_fraction, max_samples, expected_shape)
+        else:
+            with open_dataset(source) as ds:
+                self._load(ds, str(source), split, stats, sample_dim, y_dim, x_dim,
+                           test_fraction, max_samples, expected_shape)
+
+    def _load(self, ds: xr.Dataset, source: str, split: Split, stats: FieldStats | None,
+              sample_dim: str | None, y_dim: str | None, x_dim: str | None, test_fraction: float,
+              max_samples: int | None, expected_shape: tuple[int, int] | None) -> None:
+        layout = dataset_layout(ds, self.variables, sample_dim, y_dim, x_dim)
+        self.sample_dim, self.y_dim, self.x_dim = layout.sample_dim, layout.y_dim, layout.x_dim
+        self.height, self.width = int(ds.sizes[layout.y_dim]), int(ds.sizes[layout.x_dim])
+        check_grid(self.height, self.width, expected_shape)
+        n_samples = int(ds.sizes[layout.sample_dim]) if layout.sample_dim else 1
+        labels = split_labels(ds, layout, n_samples, test_fraction)
+        self.sample_index = split_indices(labels, split, source)[:max_samples]
+        x = read_fields(ds, self.variables, layout, self.sample_index, source)
+        valid = valid_mask(x, self.variables, self.sample_index)
+        if stats is None and split == "train":
+            stats = compute_stats(x, valid, self.variables)
+        elif stats is None:
+            train = split_indices(labels, "train", source)
+            x_train = read_fields(ds, self.variables, layout, train, source)
+            stats = compute_stats(x_train, valid_mask(x_train, self.variables, train), self.variables)
+            del x_train
+        self.stats = stats
+        normalize_in_place(x, valid, stats)
+        self._x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self._valid = torch.from_numpy(valid)
+        self.attrs = {str(k): _plain(v) for k, v in ds.attrs.items()}
+        self.coords = {d: np.asarray(ds[d].values) for d in (layout.y_dim, layout.x_dim) if d in ds.coords}
+
+    def __len__(self) -> int:
+        return self._x.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"x": self._x[i], "valid": self._valid[i].to(torch.float32), "index": int(self.sample_index[i])}
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole split: x (N, C, H, W) normalised with never-valid pixels 0, valid (N, 1, H, W) 0/1.
+
+        x is the dataset's own storage (no 600 MB copy): do not modify it in place.
+        """
+        return self._x, self._valid.to(torch.float32)
+
+
+def load_splits(data_config: DataConfig, stats: FieldStats | None = None) -> tuple[FieldDataset, FieldDataset]:
+    """(train, test) from `data.path`: train statistics computed (or the given ones, e.g. a
+    checkpoint's on resume), the test split reusing them."""
+    if data_config.path is None:
+        raise DataError("data.path is not set: generate a dataset first (fieldpaint data generate ...)")
+    options = dict(sample_dim=data_config.sample_dim, y_dim=data_config.y_dim, x_dim=data_config.x_dim,
+                   test_fraction=data_config.test_fraction,
+                   expected_shape=(data_config.height, data_config.width))
+    train = FieldDataset(data_config.path, data_config.variables, "train", stats=stats,
+                         max_samples=data_config.train_samples, **options)
+    test = FieldDataset(data_config.path, data_config.variables, "test", stats=train.stats, **options)
+    return train, test
