@@ -25,7 +25,7 @@ AttentionKind = Literal["mhsa", "linear", "neighborhood", "channel"]
 
 @dataclass(frozen=True)
 class DataConfig:
-    path: str | None = None  # NetCDF/Zarr file; None = the built-in Kolmogorov generator
+    path: str | None = None  # NetCDF/Zarr/npz file (make one with `fieldpaint data generate`)
     variables: tuple[str, ...] = ("u", "v")  # data variables, one channel each
     height: int = 64  # H (y), grid rows
     width: int = 128  # W (x), grid columns
@@ -46,9 +46,10 @@ class ModelConfig:
     attention_heads: int = 4  # heads per attention block
     dropout: float = 0.1  # dropout inside every ResBlock
     norm_groups: int = 32  # GroupNorm groups; must divide every channel width
-    resample: Literal["conv", "interp"] = "conv"  # learned (strided / transposed) or fixed interpolation
+    resample: Literal["conv", "interp"] = "conv"  # learned (stride-2 conv / nearest + conv) or fixed (avg-pool / bilinear)
     conditioning: Literal["none", "concat", "film"] = "none"  # see fieldpaint.models.unet
-    time_embed_mult: int = 4  # time-embedding MLP width = time_embed_mult * channels[0]
+    time_embed_mult: int = 8  # time-embedding MLP width = time_embed_mult * channels[0] (256 in every preset)
+    film_channels: int = 32  # width of the FiLM conditioning encoder (conditioning: film)
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"config key 'model.dropout': {m.dropout} is not in [0, 1)")
     if m.attention_heads < 1:
         raise ConfigError("config key 'model.attention_heads': must be at least 1")
+    for key in ("time_embed_mult", "film_channels"):
+        if getattr(m, key) < 1:
+            raise ConfigError(f"config key 'model.{key}': must be at least 1")
     levels = attention_level_indices(config)
     widths = list(m.channels) + [m.channels[-1]]
     for level in levels:

@@ -1,0 +1,272 @@
+"""Tests of the UNet, its attention block and the model registry.
+
+Full-size (64x128) presets are used only for shape checks at batch 1 and parameter counts; every
+behavioural test uses tiny widths at 16x32 so the file runs in seconds on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fieldpaint.config import load_config, preset_names
+from fieldpaint.errors import ConfigError
+from fieldpaint.models.attention import SelfAttention, make_attention
+from fieldpaint.models.layers import timestep_embedding
+from fieldpaint.models.registry import build_model, count_parameters, describe_parameters
+from fieldpaint.models.unet import UNet
+
+MODEL_PRESETS = ["film_slim", "palette_attn", "palette_slim", "repaint_gaussian_attn",
+                 "standard_attn", "standard_attn_slim"]
+TINY = ["data.height=16", "data.width=32", "model.channels=[8,16]", "model.norm_groups=4",
+        "model.film_channels=8"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine OpenMP's
+    spin-waiting makes them up to 20x slower; restore the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(name: str, *overrides: str, variables: str = "[u,v]"):
+    return load_config(name, [*TINY, f"data.variables={variables}", *overrides])
+
+
+def inputs(model: UNet, batch: int, h: int, w: int, seed: int = 0):
+    """x, t, cond for `model`; cond = [mask, known values] (None when unconditional)."""
+    g = torch.Generator().manual_seed(seed)
+    c = model.in_channels
+    x = torch.randn(batch, c, h, w, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    if model.conditioning == "none":
+        return x, t, None
+    mask = (torch.rand(batch, 1, h, w, generator=g) < 0.2).float()
+    known = torch.randn(batch, c, h, w, generator=g) * mask
+    return x, t, torch.cat([mask, known], dim=1)
+
+
+def perturb_(model: nn.Module, scale: float = 0.05, seed: int = 1) -> nn.Module:
+    """Move every parameter off its init (zero-initialised layers included), so that no output is 0
+    by construction and every path of the network is live."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+def test_model_presets_are_the_ones_tested():
+    assert set(MODEL_PRESETS) <= set(preset_names())
+
+
+# ------------------------------------------------------------------------------------------ shapes
+
+
+@pytest.mark.parametrize("name", MODEL_PRESETS)
+def test_full_size_preset_keeps_the_shape(name):
+    model = build_model(load_config(name)).eval()
+    x, t, cond = inputs(model, 1, 64, 128)
+    with torch.no_grad():
+        assert model(x, t, cond).shape == (1, 2, 64, 128)
+
+
+@pytest.mark.parametrize("variables", ["[u]", "[u,v]"])
+@pytest.mark.parametrize("name", MODEL_PRESETS)
+def test_tiny_preset_keeps_the_shape_for_any_channel_count(name, variables):
+    model = build_model(tiny_config(name, variables=variables))
+    x, t, cond = inputs(model, 3, 16, 32)
+    assert model(x, t, cond).shape == x.shape
+
+
+def test_interp_resampling_keeps_the_shape_and_drops_exactly_the_resampling_convs():
+    conv = build_model(tiny_config("standard_attn"))
+    interp = build_model(tiny_config("standard_attn", "model.resample=interp"))
+    x, t, _ = inputs(interp, 2, 16, 32)
+    assert interp(x, t).shape == x.shape
+    # one 3x3 C->C conv (9C^2 + C) per downsample (widths 8, 16) and per upsample (widths 16, 16)
+    expected = sum(9 * c * c + c for c in (8, 16, 16, 16))
+    assert count_parameters(conv)[0] - count_parameters(interp)[0] == expected
+
+
+def test_attention_level_by_resolution_equals_by_index():
+    by_res = build_model(tiny_config("standard_attn", 'model.attention_levels=["8x16", bottleneck]'))
+    by_idx = build_model(tiny_config("standard_attn", "model.attention_levels=[1, 2]"))
+    assert by_res.state_dict().keys() == by_idx.state_dict().keys()
+    assert sum(isinstance(m, SelfAttention) for m in by_res.modules()) == 2 + 2 + 1  # down, up, bottleneck
+
+
+# ----------------------------------------------------------------------------- parameter counts
+
+
+@pytest.mark.parametrize("name, millions", [("standard_attn", 23.2), ("repaint_gaussian_attn", 23.2),
+                                            ("standard_attn_slim", 6.1)])
+def test_parameter_counts_match_the_notes(name, millions):
+    # "Total params" row of the notes' Architecture Changes table
+    info = describe_parameters(load_config(name))
+    assert info["total"] == pytest.approx(millions * 1e6, rel=0.05)
+    assert info["trainable"] == info["total"]
+
+
+def test_slim_params_per_sample_match_the_notes():
+    # "Params/sample" row of the notes' table: 666 for 9,180 training samples
+    assert describe_parameters(load_config("standard_attn_slim"))["per_sample"] == pytest.approx(666, rel=0.05)
+
+
+def test_count_parameters_separates_frozen_ones():
+    layer = nn.Linear(3, 4)  # 12 weights + 4 biases
+    layer.bias.requires_grad_(False)
+    assert count_parameters(layer) == (16, 12)
+
+
+# -------------------------------------------------------------------------------- behaviour
+
+
+def test_zero_initialised_model_outputs_zero():
+    model = build_model(tiny_config("standard_attn"))
+    x, t, _ = inputs(model, 2, 16, 32)
+    assert torch.equal(model(x, t), torch.zeros_like(x))
+
+
+def test_dropout_is_active_in_train_mode_only():
+    model = perturb_(build_model(tiny_config("standard_attn_slim", "model.dropout=0.3")))
+    x, t, _ = inputs(model, 2, 16, 32)
+    model.train()
+    assert not torch.allclose(model(x, t), model(x, t))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x, t), model(x, t))
+
+
+@pytest.mark.parametrize("name", ["palette_slim", "film_slim"])
+def test_known_values_condition_the_output_at_the_highest_noise_level(name):
+    model = perturb_(build_model(tiny_config(name))).eval()
+    x, _, cond = inputs(model, 2, 16, 32)
+    t = torch.full((2,), 999)
+    other = cond.clone()
+    other[:, 1:] = other[:, 1:] + 1.0 * other[:, :1]  # shift the observed values only
+    with torch.no_grad():
+        diff = (model(x, t, cond) - model(x, t, other)).abs().amax(dim=(1, 2, 3))
+    assert (diff > 1e-3).all()
+
+
+def test_film_model_starts_equal_to_its_unconditional_twin():
+    twin = perturb_(build_model(tiny_config("standard_attn_slim"))).eval()
+    film = build_model(tiny_config("film_slim")).eval()
+    missing, unexpected = film.load_state_dict(twin.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("film.") for k in missing)
+    x, t, cond = inputs(film, 2, 16, 32)
+    with torch.no_grad():
+        out = film(x, t, cond)
+        assert out.abs().max() > 1e-3  # not vacuous: the shared weights are off zero
+        assert torch.equal(out, twin(x, t))
+
+
+def test_output_depends_on_the_timestep_and_accepts_float_or_long():
+    model = perturb_(build_model(tiny_config("standard_attn_slim"))).eval()
+    x, _, _ = inputs(model, 2, 16, 32)
+    with torch.no_grad():
+        a, b = model(x, torch.tensor([10, 10])), model(x, torch.tensor([900, 900]))
+        assert not torch.allclose(a, b)
+        assert torch.allclose(a, model(x, torch.tensor([10.0, 10.0])))
+
+
+def test_channels_last_input_gives_the_same_output():
+    model = perturb_(build_model(tiny_config("film_slim", 'model.attention_levels=["8x16", bottleneck]'))).eval()
+    x, t, cond = inputs(model, 2, 16, 32)
+    last = dict(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = model(x, t, cond)
+        assert torch.allclose(model(x.contiguous(**last), t, cond.contiguous(**last)), ref, atol=1e-5)
+        model.to(**last)
+        assert torch.allclose(model(x.contiguous(**last), t, cond.contiguous(**last)), ref, atol=1e-5)
+
+
+def test_cond_must_match_the_conditioning():
+    uncond = build_model(tiny_config("standard_attn_slim"))
+    concat = build_model(tiny_config("palette_slim"))
+    x, t, cond = inputs(concat, 1, 16, 32)
+    with pytest.raises(ValueError, match="unconditional"):
+        uncond(x, t, cond)
+    with pytest.raises(ValueError, match="cond"):
+        concat(x, t, None)
+    with pytest.raises(ValueError, match="shape"):
+        concat(x, t, cond[:, :2])
+
+
+def test_a_few_adam_steps_lower_the_denoising_loss():
+    torch.manual_seed(0)
+    model = build_model(tiny_config("standard_attn_slim", "model.channels=[16,32]", "model.dropout=0.0"))
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(0, 2 * math.pi, 16), torch.linspace(0, 2 * math.pi, 32), indexing="ij")
+    phase = torch.rand(8, 2, 1, 1, generator=g) * 2 * math.pi
+    x0 = torch.sin(xx + phase) * torch.cos(yy - phase)  # (8, 2, 16, 32) smooth fields
+    eps = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, 1000, (8,), generator=g)
+    abar = torch.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2)[:, None, None, None] ** 2  # cosine schedule
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(30):
+        loss = (model(x_t, t) - eps).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(eps.pow(2).mean().item())  # zero output at init
+    assert losses[-1] < 0.5 * losses[0]
+
+
+# ------------------------------------------------------------------------------------ attention
+
+
+def test_self_attention_matches_a_naive_reference():
+    torch.manual_seed(0)
+    attn = perturb_(SelfAttention(16, heads=4, groups=4), scale=0.3)
+    x = torch.randn(2, 16, 4, 6)
+    with torch.no_grad():
+        tokens = attn.norm(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        q, k, v = attn.qkv(tokens).chunk(3, dim=-1)
+        split = lambda a: a.reshape(2, 24, 4, 4).transpose(1, 2)  # (B, heads, N, d)
+        weights = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(4), dim=-1)
+        mixed = (weights @ split(v)).transpose(1, 2).reshape(2, 24, 16)
+        expected = x + attn.proj(mixed).transpose(1, 2).reshape(2, 16, 4, 6)
+        assert torch.allclose(attn(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "neighborhood", "channel"])
+def test_unimplemented_attention_kinds_are_config_errors(kind):
+    with pytest.raises(ConfigError, match=f"model.attention: '{kind}' is not implemented yet"):
+        make_attention(kind, 16, 4, 4)
+    with pytest.raises(ConfigError, match="model.attention"):
+        build_model(tiny_config("standard_attn_slim", f"model.attention={kind}"))
+
+
+def test_timestep_embedding_reference_values():
+    # sin/cos features of Ho et al. (2020): [cos(t f_k), sin(t f_k)], f_k = 10000^(-k/half)
+    emb = timestep_embedding(torch.tensor([0.0, 3.0]), 6)
+    freqs = torch.tensor([1.0, 10000 ** (-1 / 3), 10000 ** (-2 / 3)])
+    assert torch.equal(emb[0], torch.tensor([1.0, 1, 1, 0, 0, 0]))
+    assert torch.allclose(emb[1], torch.cat([torch.cos(3 * freqs), torch.sin(3 * freqs)]))
+
+
+# ---------------------------------------------------------------------------------- bad configs
+
+
+@pytest.mark.parametrize("override, key", [
+    ('model.attention_levels=["32x32"]', "model.attention_levels"),
+    ("model.channels=[24,48]", "model.norm_groups"),  # 32 groups cannot split 24 channels
+    ("data.height=40", "data.height"),  # 40 is not divisible by 2^4
+    ("model.film_channels=0", "model.film_channels"),
+    ("model.time_embed_mult=0", "model.time_embed_mult"),
+])
+def test_impossible_model_configs_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config("standard_attn", [override])
+
