@@ -13,7 +13,6 @@ from pathlib import Path
 from fieldpaint.errors import FieldpaintError
 
 NOT_YET = {
-    "train": "issue 'Training' (#4)",
     "inpaint": "issue 'Inference' (#5)",
     "evaluate": "issue 'GP baseline and evaluation' (#6)",
     "demo": "issue 'The main job: fieldpaint demo' (#7)",
@@ -117,6 +116,41 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from fieldpaint.config import dump_yaml, load_config
+
+    if args.resume and args.init_from:
+        raise FieldpaintError("--resume continues a run and --init-from starts a new one: pass only one")
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise FieldpaintError(f"{run_dir} is not a run folder (no config.yaml); nothing to resume")
+        config = load_config(str(run_dir / "config.yaml"), args.set)
+    else:
+        if not args.config or not args.run_dir:
+            raise FieldpaintError("a new run needs --config NAME and --run-dir DIR (or --resume DIR)")
+        run_dir = Path(args.run_dir)
+        config = load_config(args.config, args.set)
+        if (run_dir / "checkpoints").exists() or (run_dir / "config.yaml").exists():
+            raise FieldpaintError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                                  "or choose another --run-dir")
+    if args.dry_run:
+        from fieldpaint.models.registry import describe_parameters
+
+        p = describe_parameters(config)
+        print(dump_yaml(config), end="")
+        print(f"# {p['trainable'] / 1e6:.2f}M trainable parameters; nothing was trained (--dry-run)")
+        return 0
+    from fieldpaint.train import train
+
+    row = train(config, run_dir, resume=bool(args.resume), reset_optimizer=args.reset_optimizer,
+                init_from=args.init_from, progress=not args.no_progress)
+    if row:
+        print(f"done: {run_dir} (test loss {row['test_loss']:.4f}, best {row['best_test_loss']:.4f} "
+              f"at epoch {row['best_epoch']})")
+    return 0
+
+
 def cmd_not_yet(args: argparse.Namespace) -> int:
     raise FieldpaintError(f"'fieldpaint {args.command}' is not available yet: it lands with {NOT_YET[args.command]}")
 
@@ -181,6 +215,26 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     masks.set_defaults(func=cmd_data_masks)
 
 
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train", help="train a diffusion model from a preset or YAML config",
+        description="Train a diffusion model. New run: --config NAME --run-dir DIR. Continue one: "
+                    "--resume DIR (exact when the optimizer and LR settings are unchanged; otherwise the "
+                    "weights load and the optimizer and LR schedule start fresh, with a warning). Several "
+                    "GPUs: torchrun --nproc_per_node N -m fieldpaint train ...")
+    train.add_argument("--config", help="preset name (see `fieldpaint configs`) or YAML file")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set data.path=data/kolmogorov.nc (repeatable)")
+    train.add_argument("--run-dir", help="folder for the config, metrics and checkpoints of a new run")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    train.add_argument("--reset-optimizer", action="store_true",
+                       help="on --resume, load weights only: a fresh optimizer and LR schedule")
+    train.add_argument("--init-from", metavar="CKPT", help="start a new run from a checkpoint's weights")
+    train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(func=cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fieldpaint",
@@ -200,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
     configs.set_defaults(func=cmd_configs)
 
-    for name, text in (("train", "train a diffusion model from a preset or YAML config"),
-                       ("inpaint", "reconstruct fields from sparse observations in a NetCDF/Zarr file"),
+    _add_train_parser(sub)
+    for name, text in (("inpaint", "reconstruct fields from sparse observations in a NetCDF/Zarr file"),
                        ("evaluate", "compare trained models against GP and interpolation baselines"),
                        ("demo", "the main job on built-in data: generate, train, evaluate, report")):
         p = sub.add_parser(name, help=f"{text} (not available yet)", description=f"{text}. "
