@@ -95,7 +95,7 @@ def write_dataset(path: str | Path, channels: Mapping[str, np.ndarray], split: n
     if is_zarr_path(path):
         _write_zarr_atomic(ds, path)
     else:
-        _write_netcdf_atomic(ds, path)
+        write_netcdf_atomic(ds, path)
     return path
 
 
@@ -117,7 +117,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_netcdf_atomic(ds: xr.Dataset, path: Path) -> None:
+def write_netcdf_atomic(ds: xr.Dataset, path: Path) -> None:
     tmp = _temp_sibling(path)
     try:
         # netCDF-C (not h5py) because it disables HDF5 object timestamps: reproducible bytes.
