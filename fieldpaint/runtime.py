@@ -6,6 +6,7 @@ run has none and is rank 0 of 1. NCCL is used on GPUs, gloo on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -92,3 +93,16 @@ def all_reduce_mean(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
         dist.all_reduce(value)
         value /= runtime.world_size
     return value
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a block with n intra-op threads, then restore. Small dense problems (the GP's Cholesky
+    factorisations, per-trajectory FFTs) run fastest on one thread and slow down many-fold when
+    threads compete for cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -41,6 +41,7 @@ import torch
 from fieldpaint.data.masks import make_masks
 from fieldpaint.errors import FieldpaintError
 from fieldpaint.reconstruct import Reconstruction
+from fieldpaint.runtime import torch_threads
 
 Family = Literal["matern", "rbf"]
 MeanMode = Literal["gls", "fixed"]
@@ -713,6 +714,10 @@ class GPReconstructor:
 
     def reconstruct(self, obs: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, *,
                     samples: int = 1, seed: int = 0) -> Reconstruction:
+        with torch_threads(1):  # many small Cholesky factorisations: threads only contend
+            return self._reconstruct(obs, mask, valid, seed)
+
+    def _reconstruct(self, obs: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, seed: int) -> Reconstruction:
         start = time.perf_counter()
         if self.mode == "per-field":
             kernels = fit_gp(obs, mask, valid, family=self.family, nu=self.nu, ard=self.ard,
