@@ -38,11 +38,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["unet"] = "unet"  # backbone
+    arch: Literal["unet", "uvit", "dit"] = "unet"  # backbone: UNet, U-ViT (Bao et al. 2023), DiT (Peebles & Xie 2023)
     channels: tuple[int, ...] = (32, 64, 128, 128)  # width per level; one downsampling per level
     num_res_blocks: int = 2  # ResBlocks per level on the way down
     attention_levels: tuple[Union[int, str], ...] = ("bottleneck",)  # level index, "HxW" or "bottleneck"
     attention: AttentionKind = "mhsa"  # attention operator at those levels
+    attention_bottleneck: AttentionKind | None = None  # operator at the bottleneck; None = same as `attention`
+    attention_window: int = 7  # k of the k x k window of 'neighborhood' attention (odd)
     attention_heads: int = 4  # heads per attention block
     dropout: float = 0.1  # dropout inside every ResBlock
     norm_groups: int = 32  # GroupNorm groups; must divide every channel width
@@ -50,6 +52,11 @@ class ModelConfig:
     conditioning: Literal["none", "concat", "film"] = "none"  # see fieldpaint.models.unet
     time_embed_mult: int = 8  # time-embedding MLP width = time_embed_mult * channels[0] (256 in every preset)
     film_channels: int = 32  # width of the FiLM conditioning encoder (conditioning: film)
+    patch_size: int = 4  # uvit/dit: side of the square patches that become tokens
+    hidden_size: int = 192  # uvit/dit: token width
+    depth: int = 9  # uvit/dit: transformer blocks (odd for uvit: in, mid, out)
+    mlp_ratio: float = 4.0  # uvit/dit: MLP width = mlp_ratio * hidden_size
+    pos_embed: Literal["sincos", "learned"] = "sincos"  # uvit/dit: fixed 2-D sin-cos or learned position embedding
 
 
 @dataclass(frozen=True)
@@ -248,16 +255,8 @@ def attention_level_indices(config: Config) -> set[int]:
     return out
 
 
-def validate(config: Config) -> None:
-    """Raise ConfigError for values that are impossible together."""
-    d, m, t, k = config.data, config.model, config.train, config.masks
-    if not d.variables:
-        raise ConfigError("config key 'data.variables': at least one variable is needed")
-    for key, value in (("data.height", d.height), ("data.width", d.width)):
-        if value < 4:
-            raise ConfigError(f"config key {key!r}: {value} is too small (at least 4)")
-    if not 0.0 < d.test_fraction < 1.0:
-        raise ConfigError(f"config key 'data.test_fraction': {d.test_fraction} is not in (0, 1)")
+def _validate_unet(config: Config) -> None:
+    d, m = config.data, config.model
     if not m.channels or any(c <= 0 for c in m.channels):
         raise ConfigError(f"config key 'model.channels': {list(m.channels)} must be positive widths")
     factor = 2 ** len(m.channels)
@@ -278,12 +277,67 @@ def validate(config: Config) -> None:
     for key in ("time_embed_mult", "film_channels"):
         if getattr(m, key) < 1:
             raise ConfigError(f"config key 'model.{key}': must be at least 1")
+    if m.attention_window < 1 or m.attention_window % 2 == 0:
+        raise ConfigError(f"config key 'model.attention_window': {m.attention_window} must be a positive odd number")
     levels = attention_level_indices(config)
+    if m.attention_bottleneck is not None and len(m.channels) not in levels:
+        raise ConfigError("config key 'model.attention_bottleneck': set, but model.attention_levels "
+                          "has no bottleneck entry")
     widths = list(m.channels) + [m.channels[-1]]
     for level in levels:
         if widths[level] % m.attention_heads:
             raise ConfigError(f"config key 'model.attention_heads': {m.attention_heads} does not divide "
                               f"the width {widths[level]} at attention level {level}")
+
+
+def _validate_transformer(config: Config) -> None:
+    """Checks of the patch-token backbones (uvit, dit); the UNet-only keys are not used by them."""
+    d, m = config.data, config.model
+    if m.conditioning == "film":
+        raise ConfigError(f"config key 'model.conditioning': 'film' is UNet-only; arch {m.arch!r} "
+                          f"takes 'none' or 'concat'")
+    if m.attention != "mhsa" or m.attention_bottleneck not in (None, "mhsa"):
+        raise ConfigError(f"config key 'model.attention': arch {m.arch!r} uses full 'mhsa' over its tokens")
+    if m.patch_size < 1:
+        raise ConfigError("config key 'model.patch_size': must be at least 1")
+    for key, value in (("data.height", d.height), ("data.width", d.width)):
+        if value % m.patch_size:
+            raise ConfigError(f"config key {key!r}: {value} is not divisible by model.patch_size = {m.patch_size}")
+    if m.depth < 1 or (m.arch == "uvit" and m.depth % 2 == 0):
+        raise ConfigError(f"config key 'model.depth': {m.depth} must be at least 1 (and odd for uvit: "
+                          f"depth // 2 blocks in, one in the middle, depth // 2 out)")
+    if m.attention_heads < 1 or m.mlp_ratio <= 0:
+        raise ConfigError("config key 'model.attention_heads'/'model.mlp_ratio': must be positive")
+    if m.hidden_size < 4 or m.hidden_size % 4 or m.hidden_size % m.attention_heads:
+        raise ConfigError(f"config key 'model.hidden_size': {m.hidden_size} must be a positive multiple of 4 "
+                          f"(2-D sin-cos embedding) and of model.attention_heads = {m.attention_heads}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"config key 'model.dropout': {m.dropout} is not in [0, 1)")
+
+
+def attention_kinds(config: Config) -> dict[int, str]:
+    """{level index: attention kind} for every UNet level with attention: `model.attention`,
+    except `model.attention_bottleneck` (when set) at the bottleneck, level len(channels)."""
+    m = config.model
+    bottleneck = len(m.channels)
+    return {level: (m.attention_bottleneck or m.attention) if level == bottleneck else m.attention
+            for level in sorted(attention_level_indices(config))}
+
+
+def validate(config: Config) -> None:
+    """Raise ConfigError for values that are impossible together."""
+    d, m, t, k = config.data, config.model, config.train, config.masks
+    if not d.variables:
+        raise ConfigError("config key 'data.variables': at least one variable is needed")
+    for key, value in (("data.height", d.height), ("data.width", d.width)):
+        if value < 4:
+            raise ConfigError(f"config key {key!r}: {value} is too small (at least 4)")
+    if not 0.0 < d.test_fraction < 1.0:
+        raise ConfigError(f"config key 'data.test_fraction': {d.test_fraction} is not in (0, 1)")
+    if m.arch == "unet":
+        _validate_unet(config)
+    else:
+        _validate_transformer(config)
     if config.diffusion.timesteps < 2:
         raise ConfigError("config key 'diffusion.timesteps': must be at least 2")
     for key in ("epochs", "batch_size", "ema_warmup_steps"):

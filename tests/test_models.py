@@ -14,7 +14,7 @@ from torch import nn
 
 from fieldpaint.config import load_config, preset_names
 from fieldpaint.errors import ConfigError
-from fieldpaint.models.attention import SelfAttention, make_attention
+from fieldpaint.models.attention import SelfAttention
 from fieldpaint.models.layers import timestep_embedding
 from fieldpaint.models.registry import build_model, count_parameters, describe_parameters
 from fieldpaint.models.unet import UNet
@@ -238,14 +238,6 @@ def test_self_attention_matches_a_naive_reference():
         mixed = (weights @ split(v)).transpose(1, 2).reshape(2, 24, 16)
         expected = x + attn.proj(mixed).transpose(1, 2).reshape(2, 16, 4, 6)
         assert torch.allclose(attn(x), expected, atol=1e-5)
-
-
-@pytest.mark.parametrize("kind", ["linear", "neighborhood", "channel"])
-def test_unimplemented_attention_kinds_are_config_errors(kind):
-    with pytest.raises(ConfigError, match=f"model.attention: '{kind}' is not implemented yet"):
-        make_attention(kind, 16, 4, 4)
-    with pytest.raises(ConfigError, match="model.attention"):
-        build_model(tiny_config("standard_attn_slim", f"model.attention={kind}"))
 
 
 def test_timestep_embedding_reference_values():

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fieldpaint.config import Config, attention_level_indices, validate
+from fieldpaint.config import Config, attention_kinds, attention_level_indices, validate
 from fieldpaint.errors import ConfigError
+from fieldpaint.models.transformers import DiT, UViT
 from fieldpaint.models.unet import UNet
 
+TRANSFORMERS: dict[str, type[nn.Module]] = {"dit": DiT, "uvit": UViT}  # model.arch -> class
 TRAIN_SAMPLES = 9180  # training-set size of the notes, for params per sample ("Params/sample")
 
 
@@ -16,6 +18,20 @@ def build_model(config: Config) -> nn.Module:
     """The backbone `config.model` describes, for len(config.data.variables) channels."""
     validate(config)
     m = config.model
+    if m.arch in TRANSFORMERS:
+        return TRANSFORMERS[m.arch](
+            in_channels=len(config.data.variables),
+            height=config.data.height,
+            width=config.data.width,
+            patch_size=m.patch_size,
+            hidden_size=m.hidden_size,
+            depth=m.depth,
+            heads=m.attention_heads,
+            mlp_ratio=m.mlp_ratio,
+            dropout=m.dropout,
+            conditioning=m.conditioning,
+            pos_embed=m.pos_embed,
+        )
     if m.arch != "unet":
         raise ConfigError(f"config key 'model.arch': {m.arch!r} has no builder")
     return UNet(
@@ -23,8 +39,9 @@ def build_model(config: Config) -> nn.Module:
         channels=m.channels,
         num_res_blocks=m.num_res_blocks,
         attention_levels=attention_level_indices(config),
-        attention=m.attention,
+        attention=attention_kinds(config),
         attention_heads=m.attention_heads,
+        attention_window=m.attention_window,
         dropout=m.dropout,
         norm_groups=m.norm_groups,
         resample=m.resample,

@@ -27,7 +27,7 @@ Conditioning on `cond = concat([mask, known values])`, (B, 1 + C, H, W), 1 = obs
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +82,8 @@ class UNet(nn.Module):
         channels: width per level; each level ends by halving H and W.
         num_res_blocks: ResBlocks per level, on the way down and on the way up.
         attention_levels: level indices with attention; len(channels) means the bottleneck.
-        attention, attention_heads: kind of attention block and its heads.
+        attention, attention_heads: kind of attention block (or {level: kind}) and its heads.
+        attention_window: k of the 'neighborhood' kind's k x k window.
         dropout: dropout probability inside every ResBlock.
         norm_groups: GroupNorm groups; must divide every width.
         resample: 'conv' (learned) or 'interp' (average pooling / bilinear, no parameters).
@@ -92,9 +93,10 @@ class UNet(nn.Module):
     """
 
     def __init__(self, in_channels: int, channels: Sequence[int] = (32, 64, 128, 128), num_res_blocks: int = 2,
-                 attention_levels: Iterable[int] = (), attention: str = "mhsa", attention_heads: int = 4,
+                 attention_levels: Iterable[int] = (), attention: str | Mapping[int, str] = "mhsa",
+                 attention_heads: int = 4,
                  dropout: float = 0.0, norm_groups: int = 32, resample: str = "conv", conditioning: str = "none",
-                 time_embed_mult: int = 8, film_channels: int = 32) -> None:
+                 time_embed_mult: int = 8, film_channels: int = 32, attention_window: int = 7) -> None:
         super().__init__()
         if conditioning not in CONDITIONING:
             raise ValueError(f"conditioning must be one of {CONDITIONING}, got {conditioning!r}")
@@ -106,7 +108,9 @@ class UNet(nn.Module):
 
         def stage(c_in: int, c_out: int, level: int) -> Stage:
             res = ResBlock(c_in, c_out, time_dim, dropout, norm_groups)
-            attn = make_attention(attention, c_out, attention_heads, norm_groups) if level in attention_levels else None
+            kind = attention if isinstance(attention, str) else attention.get(level)
+            attn = (make_attention(kind, c_out, attention_heads, norm_groups, attention_window)
+                    if level in attention_levels else None)
             return Stage(res, attn)
 
         self.time_embed = TimeEmbedding(channels[0], time_dim)
