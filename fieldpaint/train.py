@@ -18,20 +18,19 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from fieldpaint import __version__
-from fieldpaint.checkpoint import (capture_rng_state, check_compatible, load_checkpoint, resolve_checkpoint,
+from fieldpaint.checkpoint import (check_compatible, load_checkpoint, resolve_checkpoint,
                                    restore_rng_state, save_checkpoint)
 from fieldpaint.config import Config, dump_yaml, to_dict
 from fieldpaint.data.fields import FieldStats, load_splits
 from fieldpaint.diffusion.loss import diffusion_loss
 from fieldpaint.diffusion.schedule import make_schedule
 from fieldpaint.ema import EMA, ema_decay_at
-from fieldpaint.errors import CheckpointError, ConfigError
+from fieldpaint.errors import ConfigError
 from fieldpaint.masking import conditioning_input, draw_training_masks
 from fieldpaint.models.registry import build_model, count_parameters
 from fieldpaint.optim import build_optimizer, build_scheduler, optimizer_signature, signature_changes

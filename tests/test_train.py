@@ -17,7 +17,7 @@ from fieldpaint.config import from_dict, to_dict
 from fieldpaint.data.grf import sample_matern_grf
 from fieldpaint.data.io import write_dataset
 from fieldpaint.runlog import read_metrics
-from fieldpaint.train import FieldTensors, evaluate_loss, load_training_data, train
+from fieldpaint.train import evaluate_loss, load_training_data, train
 
 
 def tiny_config(path, **train):
