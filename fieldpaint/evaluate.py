@@ -83,14 +83,15 @@ def score(truth: np.ndarray, rec_mean: np.ndarray, rec_std: np.ndarray, members:
     scored = scored_pixels(mask, valid)
     if not scored.any():
         return {}
-    scale2 = np.asarray(stats.std, dtype=np.float64) ** 2
-    err2 = ((rec_mean[:, scored] - truth[:, scored]) ** 2).mean(axis=1)  # per channel
+    err = rec_mean[:, scored] - truth[:, scored]  # (C, n) normalised
+    scale = np.asarray(stats.std, dtype=np.float64)
     land = valid.reshape(valid.shape[-2:]) < 0.5
     filled = np.where(land, 0.0, rec_mean), np.where(land, 0.0, truth)
     return {
         "mse": mse(rec_mean, truth, scored),
         "mae": mae(rec_mean, truth, scored),
-        "mse_physical": float(np.mean(err2 * scale2)),
+        "mse_physical": float(np.mean((err * scale[:, None]) ** 2)),
+        "mae_physical": float(np.mean(np.abs(err) * scale[:, None])),
         "crps": crps(truth, scored, mean=rec_mean, std=rec_std, members=members),
         "spread_skill": spread_skill(rec_mean, rec_std, truth, scored,
                                      members=None if members is None else members.shape[0]),
@@ -208,6 +209,7 @@ def summarize(cases: pd.DataFrame) -> pd.DataFrame:
             "method": method, "mask": mask, "coverage": coverage, "n": len(g),
             "mse_mean": g["mse"].mean(), "mse_median": g["mse"].median(),
             "mse_physical_mean": g["mse_physical"].mean(), "mae_mean": g["mae"].mean(),
+            "mae_physical_mean": g["mae_physical"].mean(),
             "wins": int((g["mse"] < g["mse_ref"]).sum()), "compared": int(g["mse_ref"].notna().sum()),
             "ratio_mean": float(ratio.mean()) if len(ratio) else np.nan,
             "ratio_median": float(np.median(ratio)) if len(ratio) else np.nan,

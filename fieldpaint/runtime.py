@@ -44,11 +44,11 @@ def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"config key 'train.device': {name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
+        raise ConfigError(f"device {name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'train.device': cuda was asked for but no CUDA device is available")
+        raise ConfigError(f"device {name!r} was asked for but no CUDA device is available")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("config key 'train.device': mps was asked for but is not available")
+        raise ConfigError(f"device {name!r} was asked for but MPS is not available")
     return device
 
 

@@ -23,7 +23,8 @@ def test_summary_arithmetic_on_a_hand_made_table():
     gp = [1.0, 2.0, 4.0, 1.0]
     other = [0.5, 3.0, 2.0, 1.0]  # ratios 0.5, 1.5, 0.5, 1.0 -> 2 wins of 4, mean 0.875, median 0.75
     for i, (a, b) in enumerate(zip(gp, other)):
-        base = {"mask": "random", "coverage": 0.9, "field": i, "seed": i, "mae": 0, "mse_physical": 0, "crps": 0,
+        base = {"mask": "random", "coverage": 0.9, "field": i, "seed": i, "mae": 0, "mse_physical": 0,
+                "mae_physical": 0, "crps": 0,
                 "spread_skill": 1, "spectrum_error": 0, "nfe": 0, "seconds": 0}
         rows += [{**base, "method": "gp", "mse": a}, {**base, "method": "ddnm", "mse": b}]
     summary = summarize(pd.DataFrame(rows)).set_index("method")
@@ -75,6 +76,10 @@ def test_every_method_gets_the_same_cases():
     assert float((a.seen[0][1] * (1 - valid)).sum()) == 0  # land never observed
     by = {(r["method"], r["field"]): r for r in rows}
     assert by[("gp", 0)]["mse"] == 0.0 and by[("other", 0)]["mse"] == pytest.approx(1.0)
+    # physical units: channel stds 1 and 1 here; scaled stats multiply the errors
+    data.stats = FieldStats(("a", "b"), (0.0, 0.0), (2.0, 3.0))
+    (row,) = [r for r in run_group({"other": Recorder(x + 1)}, data, "tracks", 0.9, samples=1, seed=5) if r["field"] == 0]
+    assert row["mse_physical"] == pytest.approx((4 + 9) / 2) and row["mae_physical"] == pytest.approx(2.5)
 
 
 @pytest.fixture(scope="module")

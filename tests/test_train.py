@@ -190,3 +190,11 @@ def test_ddp_two_processes_match_one_process(tiny_data, tmp_path):
     for a, b in zip(single, ddp):
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4)
         assert b["epoch_loss"] == pytest.approx(a["epoch_loss"], rel=1e-3)
+
+
+def test_bf16_autocast_and_channels_last_train(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, epochs=2, precision="bf16", channels_last=True, deterministic=False)
+    row = train(config, tmp_path / "run", progress=False)
+    assert math.isfinite(row["test_loss"]) and row["test_loss"] < 1.5
+    ckpt = final_weights(tmp_path / "run")
+    assert all(v.dtype == torch.float32 for v in ckpt.model_state.values() if v.is_floating_point())

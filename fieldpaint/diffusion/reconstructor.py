@@ -55,15 +55,7 @@ def member_generator(seed: int, case: int, member: int) -> torch.Generator:
 
 
 def _device(name: str | torch.device) -> torch.device:
-    if str(name) == "auto":
-        return select_device("auto")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FieldpaintError(f"device {name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FieldpaintError("device cuda was asked for but no CUDA device is available")
-    return device
+    return name if isinstance(name, torch.device) else select_device(str(name))
 
 
 def _check_method(method: str, conditioning: str) -> None:
