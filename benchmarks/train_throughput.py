@@ -279,8 +279,9 @@ def run_case(spec: dict) -> dict:
             else ("VmHWM" if reset_ok else "ru_maxrss"), "loss": loss}
 
 
-def spawn_case(spec: dict, timeout: float | None) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+def spawn_case(spec: dict, timeout: float | None, script: Path | None = None) -> dict:
+    """Run one case in a fresh process (`script --worker SPEC`), so peak memory does not carry over."""
+    cmd = [sys.executable, str(script or Path(__file__).resolve()), "--worker", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ for path in (ROOT, ROOT / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+import train_throughput  # noqa: E402
 from train_throughput import (_peak_rss_bytes, _reset_peak_rss, _rss_bytes, load_average,  # noqa: E402
                               machine_lines, mib)
 
@@ -44,7 +44,7 @@ PRESETS = ["standard_attn_slim", "slim_linear_attn", "slim_neighborhood_attn", "
 KINDS = ["mhsa", "linear", "neighborhood", "channel"]
 RESOLUTIONS = [(16, 32), (32, 64), (64, 128)]
 WIDTH, HEADS, WINDOW = 64, 4, 7
-MARKER = "@@RESULT "
+MARKER = train_throughput.MARKER
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,16 +98,7 @@ def run_case(spec: dict) -> dict:
 
 
 def spawn_case(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**spec, "error": f"timed out after {timeout:.0f} s"}
-    for line in proc.stdout.splitlines():
-        if line.startswith(MARKER):
-            return json.loads(line[len(MARKER):])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {**spec, "error": f"exit {proc.returncode}: {tail}"}
+    return train_throughput.spawn_case(spec, timeout, script=Path(__file__).resolve())
 
 
 def quadratic_gib(kind: str, batch: int, size: tuple[int, int]) -> float:
