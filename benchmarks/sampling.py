@@ -40,7 +40,7 @@ from fieldpaint.config import Config, load_config  # noqa: E402
 from fieldpaint.diffusion.reconstructor import DiffusionReconstructor  # noqa: E402
 from fieldpaint.diffusion.samplers import ddim, ddnm, jump_schedule_nfe, repaint  # noqa: E402
 from fieldpaint.diffusion.schedule import make_schedule  # noqa: E402
-from fieldpaint.masking import conditioning_input  # noqa: E402
+from fieldpaint.diffusion.conditioning import conditioning_input  # noqa: E402
 from fieldpaint.models.registry import build_model  # noqa: E402
 
 HEIGHT, WIDTH = 64, 128

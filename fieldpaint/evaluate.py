@@ -73,8 +73,8 @@ def load_eval_set(runs: list[Path], split: str, n: int, data_path: str | None = 
     dataset = FieldDataset(data_path or d.path, d.variables, split, stats=stats, sample_dim=d.sample_dim,
                            y_dim=d.y_dim, x_dim=d.x_dim, test_fraction=d.test_fraction, max_samples=n,
                            expected_shape=(d.height, d.width))
-    x, valid = dataset.tensors()
-    return EvalSet(x.clone(), valid.clone(), np.asarray(dataset.sample_index), stats, dict(dataset.attrs), first, runs)
+    split = dataset.fields()
+    return EvalSet(split.x.clone(), split.valid.clone(), split.index, stats, dict(dataset.attrs), first, runs)
 
 
 def score(truth: np.ndarray, rec_mean: np.ndarray, rec_std: np.ndarray, members: np.ndarray | None,
@@ -295,7 +295,8 @@ def _dataset_gp(data: EvalSet, gp_options: dict, seed: int):
     train = FieldDataset(d.path, d.variables, "train", stats=data.stats, sample_dim=d.sample_dim, y_dim=d.y_dim,
                          x_dim=d.x_dim, test_fraction=d.test_fraction, max_samples=8,
                          expected_shape=(d.height, d.width))
-    x, valid = train.tensors()
+    split = train.fields()
+    x, valid = split.x, split.valid
     gp = GPReconstructor("dataset", **gp_options)
     gp.fit_dataset(x, valid, 0.8, seed=seed)
     return gp

@@ -15,7 +15,6 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,26 +25,18 @@ from fieldpaint import __version__
 from fieldpaint.checkpoint import (check_compatible, load_checkpoint, resolve_checkpoint,
                                    restore_rng_state, save_checkpoint)
 from fieldpaint.config import Config, dump_yaml, to_dict
-from fieldpaint.data.fields import FieldStats, load_splits
+from fieldpaint.data.fields import FieldSplit, FieldStats, load_splits
 from fieldpaint.diffusion.loss import diffusion_loss
 from fieldpaint.diffusion.schedule import make_schedule
 from fieldpaint.ema import EMA, ema_decay_at
 from fieldpaint.errors import ConfigError
-from fieldpaint.masking import conditioning_input, draw_training_masks
+from fieldpaint.diffusion.conditioning import conditioning_input, draw_training_masks
 from fieldpaint.models.registry import build_model, count_parameters
 from fieldpaint.optim import build_optimizer, build_scheduler, optimizer_signature, signature_changes
 from fieldpaint.runlog import MetricsLog
 from fieldpaint.runtime import Runtime, all_reduce_mean, seed_everything, set_deterministic, setup_runtime, teardown_runtime
 
 EVAL_BATCH = 64
-
-
-@dataclass
-class FieldTensors:
-    """A split held in memory: normalised fields (N, C, H, W), NaN -> 0, and valid pixels (N, 1, H, W)."""
-
-    x: torch.Tensor
-    valid: torch.Tensor
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -57,7 +48,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch + 1))
 
 
-def make_batch(data: FieldTensors, index: torch.Tensor, config: Config, seed: int, step: int,
+def make_batch(data: FieldSplit, index: torch.Tensor, config: Config, seed: int, step: int,
                runtime: Runtime) -> dict:
     """The global batch of one step, cut to this rank's share: x0, valid, t, noise, cond."""
     g = step_generator(seed, step)
@@ -74,7 +65,7 @@ def make_batch(data: FieldTensors, index: torch.Tensor, config: Config, seed: in
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, data: FieldTensors, config: Config, schedule, device: torch.device,
+def evaluate_loss(model: torch.nn.Module, data: FieldSplit, config: Config, schedule, device: torch.device,
                   seed: int = 12345) -> float:
     """Denoising loss over a whole split with fixed timesteps, noise and masks, so epochs compare."""
     model.eval()
@@ -89,19 +80,14 @@ def evaluate_loss(model: torch.nn.Module, data: FieldTensors, config: Config, sc
     return total / max(count, 1)
 
 
-def load_training_data(config: Config, stats: FieldStats | None = None) -> tuple[FieldTensors, FieldTensors, FieldStats]:
+def load_training_data(config: Config, stats: FieldStats | None = None) -> tuple[FieldSplit, FieldSplit, FieldStats]:
     if config.data.path is None:
         raise ConfigError("config key 'data.path' is not set: name a NetCDF/Zarr file "
                           "(make one with `fieldpaint data generate kolmogorov`)")
     train_set, test_set = load_splits(config.data, stats=stats)
     if len(test_set) == 0:
         raise ConfigError(f"the dataset {config.data.path} has no test samples; set data.test_fraction")
-    return (FieldTensors(*train_set.tensors()), FieldTensors(*test_set.tensors()), train_set.stats)
-
-
-def fixed_subset(data: FieldTensors, n: int) -> FieldTensors:
-    """The first n samples (n = 0: all): a fixed train subset scored every epoch."""
-    return data if n <= 0 or n >= len(data.x) else FieldTensors(data.x[:n], data.valid[:n])
+    return (train_set.fields(), test_set.fields(), train_set.stats)
 
 
 def write_run_header(run_dir: Path, config: Config, model: torch.nn.Module, n_train: int, runtime: Runtime) -> dict:
@@ -172,7 +158,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_op
     # -- data, model, EMA, optimizer, schedule --------------------------------------------------
     stats = FieldStats.from_dict(ckpt.stats) if ckpt is not None and ckpt.stats else None
     train_data, test_data, stats = load_training_data(config, stats)
-    eval_train = fixed_subset(train_data, t.eval_train_samples)
+    eval_train = train_data.first(t.eval_train_samples)  # a fixed train subset scored every epoch
     n_train = len(train_data.x)
     batch_size = min(t.batch_size, n_train - n_train % runtime.world_size)
     steps_per_epoch = max(1, n_train // batch_size)

@@ -52,7 +52,7 @@ def test_round_trip_returns_the_written_values(tmp_path, suffix, engine):
         train = FieldDataset(ds, ["u", "v"], "train")
         test = FieldDataset(ds, ["u", "v"], "test", stats=train.stats)
     for dataset, rows in ((train, np.arange(8)), (test, np.arange(8, 10))):
-        x, valid = dataset.tensors()
+        split = dataset.fields(); x, valid = split.x, split.valid
         expected = np.stack([channels["u"], channels["v"]], axis=1)[rows]
         np.testing.assert_allclose(dataset.stats.denormalize(x).numpy(), expected, rtol=1e-5, atol=1e-5)
         assert valid.dtype == torch.float32 and bool((valid == 1).all())
@@ -104,7 +104,9 @@ def test_crash_during_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
     def crash(_path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(io, "_fsync_file", crash)  # the temp file is written, then the crash
+    import fieldpaint.atomic as atomic
+
+    monkeypatch.setattr(atomic, "fsync_path", crash)  # the temp file is written, then the crash
     with pytest.raises(OSError, match="disk full"):
         write_dataset(path, random_channels(1), SPLIT, {}, overwrite=True)
     assert path.read_bytes() == before
@@ -115,7 +117,7 @@ def test_npz_archive_loads_like_netcdf(tmp_path):
     channels = random_channels()
     np.savez(tmp_path / "d.npz", **channels, split=SPLIT)
     train = FieldDataset(tmp_path / "d.npz", ["u"], "train")
-    np.testing.assert_allclose(train.stats.denormalize(train.tensors()[0]).numpy()[:, 0],
+    np.testing.assert_allclose(train.stats.denormalize(train.fields().x).numpy()[:, 0],
                                channels["u"][:8], rtol=1e-5, atol=1e-5)
 
 
@@ -132,7 +134,7 @@ def test_nan_pixels_are_masked_and_excluded_from_stats(tmp_path):
     channels["v"][2, 10, 20] = np.nan  # NaN in one channel makes the pixel invalid for all
     path = write_dataset(tmp_path / "d.nc", channels, SPLIT, {})
     train = FieldDataset(path, ["u", "v"], "train")
-    x, valid = train.tensors()
+    split = train.fields(); x, valid = split.x, split.valid
     assert torch.isfinite(x).all()
     assert (x[:, :, torch.from_numpy(land)] == 0).all()
     np.testing.assert_array_equal(valid[:, 0].numpy() == 0, np.broadcast_to(land, (8, H, W)) | _one_pixel(2))
@@ -159,10 +161,10 @@ def test_stats_come_from_the_train_split_only(tmp_path):
     np.testing.assert_allclose(train.stats.std[0], channels["u"][:8].astype(np.float64).std(), rtol=1e-10)
     test_alone = FieldDataset(path, ["u", "v"], "test")  # no stats given: still the train ones
     assert test_alone.stats == train.stats
-    assert float(test_alone.tensors()[0][:, 0].mean()) > 20  # normalised by train stats, not its own
+    assert float(test_alone.fields().x[:, 0].mean()) > 20  # normalised by train stats, not its own
     train2, test2 = load_splits(DataConfig(path=str(path), variables=("u", "v"), height=H, width=W))
     assert test2.stats == train2.stats == train.stats
-    np.testing.assert_allclose(test2.stats.denormalize(test2.tensors()[0]).numpy()[:, 0],
+    np.testing.assert_allclose(test2.stats.denormalize(test2.fields().x).numpy()[:, 0],
                                channels["u"][8:], rtol=1e-5, atol=1e-4)
 
 
@@ -198,7 +200,7 @@ def test_user_file_with_time_lat_lon_and_land_is_detected(tmp_path):
     assert (len(train), len(test), train.height, train.width) == (8, 2, H, W)
     assert (train.sample_dim, train.y_dim, train.x_dim) == ("time", "lat", "lon")
     expected = sst[8:, 0].transpose(0, 2, 1)  # (time, lat, lon)
-    x, valid = test.tensors()
+    split = test.fields(); x, valid = split.x, split.valid
     np.testing.assert_array_equal(valid[:, 0].numpy() == 0, np.isnan(expected))
     restored = test.stats.denormalize(x)[:, 0].numpy()
     np.testing.assert_allclose(restored[~np.isnan(expected)], expected[~np.isnan(expected)], rtol=1e-5)

@@ -155,7 +155,7 @@ def test_new_run_refuses_an_existing_run_folder(tiny_data, tmp_path, capsys):
 
 
 def test_conditional_training_never_observes_invalid_pixels(tiny_data, tmp_path):
-    from fieldpaint.masking import draw_training_masks
+    from fieldpaint.diffusion.conditioning import draw_training_masks
 
     config = tiny_config(tiny_data)
     train_data, _, _ = load_training_data(config)

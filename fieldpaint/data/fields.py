@@ -300,6 +300,34 @@ def _plain(value: Any) -> Any:
 # the dataset
 
 
+@dataclass
+class FieldSplit:
+    """A split held in memory: what training, evaluation and the baselines work on.
+
+    x (N, C, H, W) normalised, 0 at never-valid pixels; valid (N, 1, H, W) float 0/1; index (N,)
+    each sample's position along the file's sample dimension.
+    """
+
+    x: torch.Tensor
+    valid: torch.Tensor
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def take(self, rows: Sequence[int] | np.ndarray | slice) -> FieldSplit:
+        """The samples at `rows` (a slice, or positions within this split)."""
+        if isinstance(rows, slice):
+            return FieldSplit(self.x[rows], self.valid[rows], self.index[rows])
+        rows = np.asarray(rows, dtype=np.int64)
+        picked = torch.from_numpy(rows)
+        return FieldSplit(self.x[picked], self.valid[picked], self.index[rows])
+
+    def first(self, n: int) -> FieldSplit:
+        """The first n samples (n <= 0: all)."""
+        return self if n <= 0 or n >= len(self) else self.take(slice(0, n))
+
+
 class FieldDataset(Dataset):
     """One split of a gridded dataset as normalised (C, H, W) tensors with a (1, H, W) valid mask.
 
@@ -365,12 +393,10 @@ class FieldDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"x": self._x[i], "valid": self._valid[i].to(torch.float32), "index": int(self.sample_index[i])}
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole split: x (N, C, H, W) normalised with never-valid pixels 0, valid (N, 1, H, W) 0/1.
-
-        x is the dataset's own storage (no 600 MB copy): do not modify it in place.
-        """
-        return self._x, self._valid.to(torch.float32)
+    def fields(self) -> FieldSplit:
+        """The whole split in memory. x is the dataset's own storage (no 600 MB copy): do not
+        modify it in place."""
+        return FieldSplit(self._x, self._valid.to(torch.float32), np.asarray(self.sample_index))
 
 
 def load_splits(data_config: DataConfig, stats: FieldStats | None = None) -> tuple[FieldDataset, FieldDataset]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
+from fieldpaint.atomic import fsync_path, temp_sibling, write_atomic
 from fieldpaint.errors import DataError
 
 SPLIT_VARIABLE = "split"
@@ -95,54 +95,30 @@ def write_dataset(path: str | Path, channels: Mapping[str, np.ndarray], split: n
     if is_zarr_path(path):
         _write_zarr_atomic(ds, path)
     else:
-        write_netcdf_atomic(ds, path)
+        write_netcdf_atomic(ds, path, overwrite=overwrite)
     return path
 
 
-def _temp_sibling(path: Path) -> Path:
-    """A unique hidden name in the same folder, so the final rename never crosses filesystems."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_netcdf_atomic(ds: xr.Dataset, path: Path) -> None:
-    tmp = _temp_sibling(path)
-    try:
-        # netCDF-C (not h5py) because it disables HDF5 object timestamps: reproducible bytes.
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+def write_netcdf_atomic(ds: xr.Dataset, path: Path, *, overwrite: bool = True) -> None:
+    """Write `ds` as NetCDF4 through the atomic writer (no-clobber unless `overwrite`)."""
+    # netCDF-C (not h5py) because it disables HDF5 object timestamps: reproducible bytes.
+    write_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"), overwrite=overwrite)
 
 
 def _write_zarr_atomic(ds: xr.Dataset, path: Path) -> None:
     """Write to a temp folder, then swap it in; an old store is moved aside first, removed last."""
-    tmp, old = _temp_sibling(path), _temp_sibling(path)
+    tmp, old = temp_sibling(path), temp_sibling(path)
     try:
         # Consolidated metadata is not part of the Zarr v3 spec (zarr warns); a few small JSON
         # files are cheap to read without it.
         ds.to_zarr(tmp, mode="w-", consolidated=False)
         for root, _, files in os.walk(tmp):
             for name in files:
-                _fsync_file(Path(root) / name)
+                fsync_path(Path(root) / name)
         if path.exists():
             os.replace(path, old)  # a directory cannot be replaced in one step
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
     except BaseException:
         if old.exists() and not path.exists():
             os.replace(old, path)  # put the old store back

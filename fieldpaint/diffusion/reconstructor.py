@@ -36,7 +36,7 @@ from fieldpaint.data.fields import FieldStats
 from fieldpaint.diffusion.samplers import ddim, ddnm, model_denoiser, repaint
 from fieldpaint.diffusion.schedule import make_schedule
 from fieldpaint.errors import CheckpointError, FieldpaintError
-from fieldpaint.masking import conditioning_input
+from fieldpaint.diffusion.conditioning import conditioning_input
 from fieldpaint.models.registry import build_model
 from fieldpaint.reconstruct import Reconstruction, ensemble_summary
 from fieldpaint.runtime import select_device
