@@ -38,21 +38,27 @@ def fsync_path(path: Path) -> None:
 
 
 def check_writable(path: str | Path, overwrite: bool = False) -> Path:
-    """Fail early, before any work, if `path` cannot be written: it exists (without `overwrite`),
-    it is a folder, or its parent is missing, not a folder or not writable."""
+    """Fail early, before any work, if `path` cannot be written: it is a folder, it exists (without
+    `overwrite`), or the nearest existing folder above it is a file or not writable (missing
+    folders below that one are created by the caller)."""
     path = Path(path)
     if path.is_dir():
         raise FieldpaintError(f"{path} is a folder, not a file")
     if path.exists() and not overwrite:
         raise FieldpaintError(f"{path} already exists; pass --overwrite to replace it")
-    parent = path.parent
-    if not parent.exists():
-        raise FieldpaintError(f"folder {parent} does not exist")
-    if not parent.is_dir():
-        raise FieldpaintError(f"{parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise FieldpaintError(f"folder {parent} is not writable")
+    check_folder_writable(path.parent)
     return path
+
+
+def check_folder_writable(folder: str | Path) -> None:
+    """`folder`, or the nearest existing folder above it, is a folder we may write in."""
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FieldpaintError(f"{existing} is a file, so nothing can be written under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FieldpaintError(f"folder {existing} is not writable")
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object], *, overwrite: bool = False) -> Path:

@@ -1,9 +1,14 @@
-"""The evaluation harness: cases x methods -> a table of scores, summaries against GP, a report.
+"""The evaluation harness: cases x methods -> a table of scores, summaries against kriging, a report.
 
 A case is (field, mask family, coverage, seed); the same cases, masks included, go to every
 method. Cases are processed in groups of one (family, coverage), each group's rows appended to
 `cases.csv` as soon as they are scored, so an interrupted evaluation loses nothing and
 `--resume` skips the groups already done.
+
+The reference every ratio is taken against is `kriging`: for each (mask family, coverage) the
+kriging variant with the lowest error on validation cases drawn from the *training* split
+(fieldpaint.reference), never chosen by test scores. Its rows in `cases.csv` repeat those of the
+chosen variant, whose name they carry in `reference_variant`.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,29 +23,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from fieldpaint.config import Config, from_dict
-from fieldpaint.data.fields import FieldDataset, FieldStats
+from fieldpaint.atomic import write_atomic, write_text_atomic
+from fieldpaint.data.fields import FieldSplit, FieldStats
 from fieldpaint.data.masks import make_masks
 from fieldpaint.errors import FieldpaintError
-from fieldpaint.metrics import crps, mae, mse, scored_pixels, spectrum_error, spread_skill
+from fieldpaint.metrics import crps, mae, mse, radial_spectrum, scored_pixels, spectrum_error, spread_skill
 from fieldpaint.reconstruct import Reconstruction, Reconstructor
 
-BASELINES = ("gp", "gp-dataset", "gp-oracle", "nearest", "linear", "laplace")
-DIFFUSION_METHODS = ("repaint", "ddnm", "conditional")
-REFERENCE = "gp"  # every ratio and win is against the per-field fitted GP
-
-
-@dataclass
-class EvalSet:
-    """The fields under evaluation, normalised with the (first) run's statistics."""
-
-    x: torch.Tensor  # (N, C, H, W), 0 at never-valid pixels
-    valid: torch.Tensor  # (N, 1, H, W)
-    index: np.ndarray  # position of each field in the file
-    stats: FieldStats
-    attrs: dict
-    config: Config
-    runs: list[Path] = field(default_factory=list)
+REFERENCE = "kriging"  # the strongest kriging variant, chosen per group on training fields
+OUTPUTS = ("cases.csv", "summary.csv", "summary.json", "reference.json", "report.md")
 
 
 def case_seed(base: int, index: int, family: str, coverage: float) -> int:
@@ -49,32 +39,10 @@ def case_seed(base: int, index: int, family: str, coverage: float) -> int:
     return zlib.crc32(f"{base}:{index}:{family}:{coverage:.6f}".encode())
 
 
-def draw_case_masks(data: EvalSet, family: str, coverage: float, seed: int) -> torch.Tensor:
-    masks = [make_masks(family, coverage, 1, *data.x.shape[-2:], valid=data.valid[i, 0].numpy() > 0.5,
-                        seed=case_seed(seed, int(data.index[i]), family, coverage)) for i in range(len(data.x))]
+def draw_case_masks(fields: FieldSplit, family: str, coverage: float, seed: int) -> torch.Tensor:
+    masks = [make_masks(family, coverage, 1, *fields.x.shape[-2:], valid=fields.valid[i, 0].numpy() > 0.5,
+                        seed=case_seed(seed, int(fields.index[i]), family, coverage)) for i in range(len(fields))]
     return torch.from_numpy(np.concatenate(masks)).float()
-
-
-def load_eval_set(runs: list[Path], split: str, n: int, data_path: str | None = None) -> EvalSet:
-    """The first n fields of `split`, from the runs' dataset (all runs must share it)."""
-    from fieldpaint.checkpoint import load_checkpoint, resolve_checkpoint
-
-    if not runs:
-        raise FieldpaintError("evaluate needs at least one --run")
-    ckpts = [load_checkpoint(resolve_checkpoint(r)) for r in runs]
-    configs = [from_dict(c.config) for c in ckpts]
-    first = configs[0]
-    for run, c in zip(runs[1:], configs[1:]):
-        if (c.data.path, c.data.variables) != (first.data.path, first.data.variables):
-            raise FieldpaintError(f"run {run} was trained on other data ({c.data.path}, {list(c.data.variables)}) "
-                                  f"than {runs[0]} ({first.data.path}, {list(first.data.variables)})")
-    d = first.data
-    stats = FieldStats.from_dict(ckpts[0].stats)
-    dataset = FieldDataset(data_path or d.path, d.variables, split, stats=stats, sample_dim=d.sample_dim,
-                           y_dim=d.y_dim, x_dim=d.x_dim, test_fraction=d.test_fraction, max_samples=n,
-                           expected_shape=(d.height, d.width))
-    split = dataset.fields()
-    return EvalSet(split.x.clone(), split.valid.clone(), split.index, stats, dict(dataset.attrs), first, runs)
 
 
 def score(truth: np.ndarray, rec_mean: np.ndarray, rec_std: np.ndarray, members: np.ndarray | None,
@@ -104,199 +72,220 @@ def group_file(out: Path, family: str, coverage: float) -> Path:
     return out / "groups" / f"{family}_{coverage:.4f}.npz"
 
 
-def save_group_outputs(path: Path, data: EvalSet, masks: torch.Tensor, outputs: dict[str, Reconstruction]) -> None:
+def save_group_outputs(path: Path, fields: FieldSplit, masks: torch.Tensor,
+                       outputs: dict[str, Reconstruction]) -> None:
     """Keep what the report draws: the first field's reconstructions and every method's mean spectrum."""
-    from fieldpaint.metrics import radial_spectrum
-
     path.parent.mkdir(parents=True, exist_ok=True)
     saved = dict(np.load(path)) if path.exists() else {}
-    land = data.valid < 0.5
-    truth = data.x.masked_fill(land, 0.0).double().numpy()
-    saved.update(truth=truth[0], mask=masks[0].numpy(), valid=data.valid[0].numpy(),
+    land = fields.valid < 0.5
+    truth = fields.x.masked_fill(land, 0.0).double().numpy()
+    saved.update(truth=truth[0], mask=masks[0].numpy(), valid=fields.valid[0].numpy(),
                  spectrum_truth=np.mean([radial_spectrum(f) for f in truth], axis=0))
     for name, rec in outputs.items():
         mean = rec.mean.cpu().masked_fill(land, 0.0).double().numpy()
         saved[f"mean/{name}"] = mean[0]
         saved[f"std/{name}"] = rec.std[0].cpu().double().numpy()
         saved[f"spectrum/{name}"] = np.mean([radial_spectrum(f) for f in mean], axis=0)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **saved)
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy would add ".npz" to a temporary's name
+            np.savez_compressed(f, **saved)
+
+    write_atomic(path, write, overwrite=True)
 
 
-def run_group(methods: dict[str, Reconstructor], data: EvalSet, family: str, coverage: float, *,
-              samples: int, seed: int, out: Path | None = None) -> list[dict]:
-    """Every method on the cases of one (family, coverage): one row per case and method."""
-    masks = draw_case_masks(data, family, coverage, seed)
-    obs = data.x * masks
+def run_group(methods: dict[str, Reconstructor], fields: FieldSplit, stats: FieldStats, family: str,
+              coverage: float, *, samples: int, seed: int, out: Path | None = None,
+              reference: str | None = None) -> list[dict]:
+    """Every method on the cases of one (family, coverage): one row per case and method.
+
+    reference: the method whose rows are repeated under the name `kriging` (the group's reference).
+    """
+    masks = draw_case_masks(fields, family, coverage, seed)
+    obs = fields.x * masks
     rows, outputs = [], {}
     for name, method in methods.items():
         started = time.perf_counter()
-        rec: Reconstruction = method.reconstruct(obs, masks, data.valid, samples=samples, seed=seed)
+        rec: Reconstruction = method.reconstruct(obs, masks, fields.valid, samples=samples, seed=seed)
         outputs[name] = rec
-        seconds = (rec.seconds or time.perf_counter() - started) / len(data.x)
+        seconds = (rec.seconds or time.perf_counter() - started) / len(fields)
         mean, std = rec.mean.cpu().double().numpy(), rec.std.cpu().double().numpy()
         members = None if rec.members is None else rec.members.cpu().double().numpy()
-        for i in range(len(data.x)):
-            scores = score(data.x[i].double().numpy(), mean[i], std[i], None if members is None else members[i],
-                           masks[i].numpy(), data.valid[i].numpy(), data.stats)
-            rows.append({"method": name, "mask": family, "coverage": coverage, "field": int(data.index[i]),
-                         "seed": case_seed(seed, int(data.index[i]), family, coverage),
+        for i in range(len(fields)):
+            scores = score(fields.x[i].double().numpy(), mean[i], std[i], None if members is None else members[i],
+                           masks[i].numpy(), fields.valid[i].numpy(), stats)
+            rows.append({"method": name, "mask": family, "coverage": coverage, "field": int(fields.index[i]),
+                         "seed": case_seed(seed, int(fields.index[i]), family, coverage),
                          "nfe": rec.nfe, "seconds": seconds, **scores})
+    if reference is not None:
+        if reference not in methods:
+            raise FieldpaintError(f"the reference {reference!r} was not evaluated")
+        rows += [{**r, "method": REFERENCE, "reference_variant": reference} for r in rows if r["method"] == reference]
     if out is not None:
-        save_group_outputs(group_file(out, family, coverage), data, masks, outputs)
+        save_group_outputs(group_file(out, family, coverage), fields, masks, outputs)
     return rows
 
 
-def evaluate(methods: dict[str, Reconstructor], data: EvalSet, families: list[str], coverages: list[float],
-             out: Path, *, samples: int = 8, seed: int = 0, resume: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Score every method on every case; write cases.csv, summary.csv and summary.json into `out`."""
+def check_output_folder(out: Path, resume: bool) -> None:
+    """An evaluation never writes over another one: without --resume, `out` must hold none of our files."""
+    if out.exists() and not out.is_dir():
+        raise FieldpaintError(f"{out} is a file, not a folder")
+    held = [name for name in OUTPUTS if (out / name).exists()]
+    if held and not resume:
+        raise FieldpaintError(f"{out} already holds an evaluation ({', '.join(held)}); pass --resume to continue "
+                              "it or choose another --out")
+    if resume and (out / "report.md").exists() and not (out / "cases.csv").exists():
+        raise FieldpaintError(f"{out} holds a report but no cases.csv: nothing to resume; choose another --out")
+
+
+def evaluate(methods: dict[str, Reconstructor], fields: FieldSplit, stats: FieldStats, families: list[str],
+             coverages: list[float], out: Path, *, samples: int = 8, seed: int = 0, resume: bool = False,
+             progress: bool = True, references: dict[tuple[str, float], str] | None = None) -> pd.DataFrame:
+    """Score every method on every case; write cases.csv, summary.csv and summary.json into `out`.
+
+    references: the kriging variant that is the reference of each (family, coverage).
+    """
+    from fieldpaint.summary import crossover, summarize
+
+    check_output_folder(out, resume)
     out.mkdir(parents=True, exist_ok=True)
     cases_path = out / "cases.csv"
     done = pd.read_csv(cases_path) if resume and cases_path.exists() else pd.DataFrame()
-    if not resume and cases_path.exists():
-        raise FieldpaintError(f"{cases_path} already exists; pass --resume to continue it or choose another --out")
     finished = set() if done.empty else {(m, f, round(c, 6)) for m, f, c in
                                          done[["method", "mask", "coverage"]].itertuples(index=False)}
     groups = [(f, c) for f in families for c in coverages]
     bar = tqdm(groups, desc="evaluating", unit="group", disable=not progress)
     for family, coverage in bar:
+        reference = (references or {}).get((family, coverage))
         todo = {n: m for n, m in methods.items() if (n, family, round(coverage, 6)) not in finished}
+        if reference is not None and (REFERENCE, family, round(coverage, 6)) not in finished:
+            todo[reference] = methods[reference]  # the reference rows are written with the group
         bar.set_postfix(mask=family, coverage=coverage)
         if not todo:
             continue
-        rows = run_group(todo, data, family, coverage, samples=samples, seed=seed, out=out)
-        frame = pd.DataFrame(rows)
-        frame.to_csv(cases_path, mode="a", header=not cases_path.exists(), index=False)
+        rows = run_group(todo, fields, stats, family, coverage, samples=samples, seed=seed, out=out,
+                         reference=reference)
+        rows = [r for r in rows if (r["method"], family, round(coverage, 6)) not in finished]
+        _append_rows(cases_path, rows)
     cases = pd.read_csv(cases_path)
-    summary = summarize(cases)
-    summary.to_csv(out / "summary.csv", index=False)
-    (out / "summary.json").write_text(json.dumps({
-        "groups": summary.to_dict(orient="records"),
-        "breakdown": breakdown_coverages(summary),
-        "fields": int(len(data.x)), "samples": samples, "seed": seed, "reference": REFERENCE,
-    }, indent=2, default=float) + "\n")
+    reference = REFERENCE if (cases["method"] == REFERENCE).any() else "gp"
+    summary = summarize(cases, reference=reference)
+    write_atomic(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False), overwrite=True)
+    write_text_atomic(out / "summary.json", json.dumps({
+        "groups": summary.to_dict(orient="records"), "crossover": crossover(summary),
+        "fields": int(len(fields)), "samples": samples, "seed": seed, "reference": reference,
+    }, indent=2, default=_json_default) + "\n", overwrite=True)
     return cases
 
 
-# ----------------------------------------------------------------------------------------------
-# summaries against the GP
+def _append_rows(path: Path, rows: list[dict]) -> None:
+    """Append a group's rows to cases.csv, atomically: the file always holds whole groups."""
+    frame = pd.DataFrame(rows)
+    if path.exists():
+        frame = pd.concat([pd.read_csv(path), frame], ignore_index=True)
+    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False), overwrite=True)
 
 
-def bootstrap_interval(values: np.ndarray, stat=np.mean, n_boot: int = 2000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of `stat` over cases (Efron & Tibshirani 1993, ch. 13)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    draws = stat(values[rng.integers(0, len(values), size=(n_boot, len(values)))], axis=1)
-    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
-
-
-def summarize(cases: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, mask, coverage): MSE, wins and MSE ratio against the GP on the same cases."""
-    keys = ["mask", "coverage", "field", "seed"]
-    ref = cases[cases["method"] == REFERENCE][keys + ["mse"]].rename(columns={"mse": "mse_ref"})
-    merged = cases.merge(ref, on=keys, how="left") if not ref.empty else cases.assign(mse_ref=np.nan)
-    merged["ratio"] = merged["mse"] / merged["mse_ref"]
-    rows = []
-    for (method, mask, coverage), g in merged.groupby(["method", "mask", "coverage"], sort=True):
-        ratio = g["ratio"].dropna().to_numpy()
-        lo, hi = bootstrap_interval(ratio)
-        rows.append({
-            "method": method, "mask": mask, "coverage": coverage, "n": len(g),
-            "mse_mean": g["mse"].mean(), "mse_median": g["mse"].median(),
-            "mse_physical_mean": g["mse_physical"].mean(), "mae_mean": g["mae"].mean(),
-            "mae_physical_mean": g["mae_physical"].mean(),
-            "wins": int((g["mse"] < g["mse_ref"]).sum()), "compared": int(g["mse_ref"].notna().sum()),
-            "ratio_mean": float(ratio.mean()) if len(ratio) else np.nan,
-            "ratio_median": float(np.median(ratio)) if len(ratio) else np.nan,
-            "ratio_ci_low": lo, "ratio_ci_high": hi,
-            "crps_mean": g["crps"].mean(), "spread_skill_mean": g["spread_skill"].mean(),
-            "spectrum_error_mean": g["spectrum_error"].mean(),
-            "nfe": int(g["nfe"].iloc[0]), "seconds_per_field": g["seconds"].mean(),
-        })
-    return pd.DataFrame(rows)
-
-
-def breakdown_coverages(summary: pd.DataFrame) -> list[dict]:
-    """Per (method, mask): the lowest coverage at which the method stops beating the GP
-    (median MSE ratio >= 1), or None when it wins at every coverage tried."""
-    out = []
-    for (method, mask), g in summary[summary["method"] != REFERENCE].groupby(["method", "mask"]):
-        g = g.sort_values("coverage")
-        losing = g[g["ratio_median"] >= 1.0]["coverage"]
-        winning = g[g["ratio_median"] < 1.0]["coverage"]
-        out.append({"method": method, "mask": mask,
-                    "stops_beating_gp_at": None if losing.empty else float(losing.iloc[0]),
-                    "beats_gp_at": [float(c) for c in winning]})
-    return out
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    return str(value)
 
 
 # ----------------------------------------------------------------------------------------------
-# methods by name
+# the whole job: fields and methods from runs or a data file, the reference, cases, the report
 
 
-def build_methods(names: list[str], data: EvalSet, *, sampler_options: dict, gp_options: dict,
-                  seed: int = 0, per_method: dict[str, dict] | None = None) -> dict[str, Reconstructor]:
-    """Reconstructors for `names`; diffusion methods once per run whose model they fit.
+def load_fields(runs: list, data_path: str | None, variables: list[str] | None, split: str, n: int):
+    """(fields to score, the train split, the statistics, the data config) for an evaluation.
 
-    `per_method` adds sampler options for one method, e.g. {"ddnm": {"steps": 50}}.
-    The per-field GP is always included: it is the reference every ratio is taken against.
+    With runs, their data and statistics (every run must share them); without, a data file alone
+    (baselines only), normalised with its own train split's statistics.
     """
-    from fieldpaint.baselines import interp
-    from fieldpaint.baselines.gp import GPReconstructor
-    from fieldpaint.diffusion.reconstructor import load_reconstructor
+    from fieldpaint.config import DataConfig
+    from fieldpaint.data.fields import FieldDataset, file_variables
 
-    unknown = sorted(set(names) - set(BASELINES) - set(DIFFUSION_METHODS))
-    if unknown:
-        raise FieldpaintError(f"unknown method(s) {', '.join(unknown)}; known: "
-                              f"{', '.join(BASELINES + DIFFUSION_METHODS)}")
-    names = [REFERENCE] + [n for n in names if n != REFERENCE]
+    if runs:
+        data, stats = runs[0].config.data, runs[0].stats
+        for run in runs[1:]:
+            if (run.config.data.path, run.config.data.variables) != (data.path, data.variables):
+                raise FieldpaintError(f"run {run.path} was trained on other data ({run.config.data.path}, "
+                                      f"{list(run.config.data.variables)}) than {runs[0].path} "
+                                      f"({data.path}, {list(data.variables)})")
+        path = data_path or data.path
+    elif data_path:
+        data = DataConfig(path=data_path, variables=tuple(variables or file_variables(data_path)))
+        stats, path = None, data_path
+    else:
+        raise FieldpaintError("evaluate needs at least one --run, or --data FILE for the baselines alone")
+    options = dict(sample_dim=data.sample_dim, y_dim=data.y_dim, x_dim=data.x_dim, test_fraction=data.test_fraction)
+    train_set = FieldDataset(path, data.variables, "train", stats=stats, **options)
+    stats = train_set.stats
+    train = train_set.fields()
+    scored = train.first(n) if split == "train" else \
+        FieldDataset(path, data.variables, split, stats=stats, max_samples=n, **options).fields()
+    return FieldSplit(scored.x.clone(), scored.valid.clone(), scored.index), train, stats, data, dict(train_set.attrs)
+
+
+def build_methods(names: list[str], runs: list, baseline_data, *, sampler: dict, gp: dict, seed: int = 0,
+                  per_method: dict[str, dict] | None = None) -> dict[str, Reconstructor]:
+    """Reconstructors for `names`; a diffusion method once per run whose model fits it (labelled
+    RUN:method when there are several runs). Both kriging candidates of the reference always run."""
+    from fieldpaint.reconstruct import build_reconstructor, check_method, fits
+
+    wanted = [k for k in ("gp", "gp-dataset") if k not in names] + list(names)
     methods: dict[str, Reconstructor] = {}
-    for name in names:
-        if name == "gp":
-            methods[name] = GPReconstructor("per-field", **gp_options)
-        elif name == "gp-dataset":
-            methods[name] = _dataset_gp(data, gp_options, seed)
-        elif name == "gp-oracle":
-            if data.attrs.get("kernel") is None:
-                raise FieldpaintError("gp-oracle needs a dataset made by `fieldpaint data generate grf` "
-                                      "(its file records the true kernel); this one has none")
-            methods[name] = GPReconstructor.from_attrs(data.attrs, data.stats)
-        elif name in ("nearest", "linear", "laplace"):
-            methods[name] = interp.InterpReconstructor(name)
-        else:
-            fitting = [r for r in data.runs if _fits(r, name)]
-            if not fitting:
-                raise FieldpaintError(f"no run can use method {name!r}: repaint/ddnm need an unconditional "
-                                      "model, conditional a concat/FiLM one")
-            for run in fitting:
-                label = name if len(data.runs) == 1 else f"{run.name}:{name}"
-                options = {**sampler_options, **(per_method or {}).get(name, {})}
-                methods[label] = load_reconstructor(run, name, **options)[0]
+    for name in wanted:
+        own = (per_method or {}).get(name, {})
+        if check_method(name).needs == "data":
+            methods[name] = build_reconstructor(name, data=baseline_data, gp={**gp, **own}, seed=seed)
+            continue
+        fitting = [run for run in runs if fits(name, run.conditional)]
+        if not fitting:
+            raise FieldpaintError(f"no run can use method {name!r}: "
+                                  f"{'a conditional' if fits(name, True) else 'an unconditional'} model is needed")
+        for run in fitting:
+            label = name if len(runs) == 1 else f"{run.label}:{name}"
+            methods[label] = build_reconstructor(name, run=run, sampler={**sampler, **own}, seed=seed)
     return methods
 
 
-def _fits(run: Path, method: str) -> bool:
-    from fieldpaint.checkpoint import load_checkpoint, resolve_checkpoint
+def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: list[str], coverages: list[float],
+                        data_path: str | None = None, variables: list[str] | None = None, split: str = "test",
+                        n: int = 100, samples: int = 8, seed: int = 0, sampler: dict | None = None,
+                        gp: dict | None = None, per_method: dict[str, dict] | None = None,
+                        reference: str = "auto", validation_fields: int = 16, resume: bool = False,
+                        progress: bool = True, header: dict | None = None) -> Path:
+    """The whole evaluation into `out`: cases.csv, summary.*, reference.json and report.md; returns the
+    report's path. `reference`: 'auto' (chosen per group on training fields) or a method name."""
+    from fieldpaint.data.fields import periodic_axes
+    from fieldpaint.reconstruct import BaselineData
+    from fieldpaint.reference import choose_references, split_validation
+    from fieldpaint.report import write_report
 
-    conditioning = load_checkpoint(resolve_checkpoint(run)).config["model"]["conditioning"]
-    return (conditioning == "none") == (method in ("repaint", "ddnm"))
-
-
-def _dataset_gp(data: EvalSet, gp_options: dict, seed: int):
-    """One kernel per channel fitted on training fields: the information the diffusion model had."""
-    from fieldpaint.baselines.gp import GPReconstructor
-
-    d = data.config.data
-    train = FieldDataset(d.path, d.variables, "train", stats=data.stats, sample_dim=d.sample_dim, y_dim=d.y_dim,
-                         x_dim=d.x_dim, test_fraction=d.test_fraction, max_samples=8,
-                         expected_shape=(d.height, d.width))
-    split = train.fields()
-    x, valid = split.x, split.valid
-    gp = GPReconstructor("dataset", **gp_options)
-    gp.fit_dataset(x, valid, 0.8, seed=seed)
-    return gp
+    out = Path(out)
+    check_output_folder(out, resume)
+    fields, train, stats, data, attrs = load_fields(runs, data_path, variables, split, n)
+    validation, fit_fields = split_validation(train, validation_fields, seed)
+    baseline = BaselineData(stats, attrs, load_train=lambda: fit_fields,
+                            periodic=periodic_axes(getattr(data, "periodic", "auto"), attrs))
+    built = build_methods(methods, runs, baseline, sampler=sampler or {}, gp=gp or {}, seed=seed,
+                          per_method=per_method)
+    if reference == "auto":
+        candidates = {k: built[k] for k in ("gp-dataset", "gp") if k in built}
+        choices = choose_references(candidates, validation, families, coverages, seed=seed)
+    elif reference in built:
+        choices = {(f, c): {"chosen": reference, "validation_gmean_mse": {}, "fields": 0}
+                   for f in families for c in coverages}
+    else:
+        raise FieldpaintError(f"--reference {reference!r} is not among the evaluated methods: {', '.join(built)}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "reference.json", json.dumps(
+        [{"mask": f, "coverage": c, **choice} for (f, c), choice in choices.items()], indent=2) + "\n",
+        overwrite=True)
+    if progress:
+        tqdm.write(f"evaluating {', '.join(built)} on {len(fields)} {split} fields x {len(families)} mask "
+                   f"families x {len(coverages)} coverages; reference: kriging chosen on {len(validation)} "
+                   "training fields")
+    evaluate(built, fields, stats, families, coverages, out, samples=samples, seed=seed, resume=resume,
+             progress=progress, references={key: choice["chosen"] for key, choice in choices.items()})
+    return write_report(out, stats, [run.path for run in runs], dict(header or {}), reference=REFERENCE)

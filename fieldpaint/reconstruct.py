@@ -1,8 +1,9 @@
-"""The one interface every reconstruction method shares: diffusion samplers and baselines alike.
+"""The one interface every reconstruction method shares, and the one place that builds a method by name.
 
 A `Reconstructor` turns observations and a mask into a mean field, a per-pixel standard deviation
 and, for ensemble methods, the members. Everything is in normalised units (the run's statistics);
-callers denormalise. The evaluation harness treats all methods alike through this interface.
+callers denormalise. The CLI, the evaluation, the demo and the notebook API all build their methods
+with `build_reconstructor`, and `METHODS` is the list of names they all offer.
 
 Shapes: obs (B, C, H, W) with anything at hidden pixels (they are ignored), mask (B, 1, H, W) with
 1 = observed, 0 = hidden, valid (B, 1, H, W) with 0 at never-valid pixels (no observation, no score).
@@ -10,10 +11,13 @@ Shapes: obs (B, C, H, W) with anything at hidden pixels (they are ignored), mask
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 import torch
+
+from fieldpaint.errors import FieldpaintError
 
 
 @dataclass
@@ -39,3 +43,136 @@ def ensemble_summary(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     mean = members.mean(dim=1)
     std = members.std(dim=1, unbiased=True) if members.shape[1] > 1 else torch.zeros_like(mean)
     return mean, std
+
+
+# ----------------------------------------------------------------------------------------------
+# the methods, by name
+
+Needs = Literal["data", "unconditional", "conditional"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    needs: Needs  # data: a baseline (observations, and training fields for some); else a model of that kind
+    summary: str  # one line for --help and the report
+
+
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    MethodSpec("gp", "data", "kriging with a Matérn kernel fitted to each field's own observations"),
+    MethodSpec("gp-dataset", "data", "kriging with one kernel per channel fitted on training fields, "
+                                     "the training-mean field as a known trend, torus distances on periodic data"),
+    MethodSpec("gp-oracle", "data", "kriging with the generator's true kernel (Matérn-GRF files only)"),
+    MethodSpec("nearest", "data", "nearest-observation fill"),
+    MethodSpec("linear", "data", "piecewise-linear (Delaunay) fill, nearest outside the hull"),
+    MethodSpec("laplace", "data", "harmonic (Laplace) fill"),
+    MethodSpec("repaint", "unconditional", "RePaint (Lugmayr et al. 2022), respaced with jumps back"),
+    MethodSpec("ddnm", "unconditional", "DDNM (Wang et al. 2023): null-space correction, then a DDIM step"),
+    MethodSpec("conditional", "conditional", "DDIM with the mask and known values given to the model"),
+)}
+METHOD_NAMES = tuple(METHODS)
+BASELINES = tuple(n for n, s in METHODS.items() if s.needs == "data")
+DIFFUSION_METHODS = tuple(n for n, s in METHODS.items() if s.needs != "data")
+KRIGING = tuple(n for n in BASELINES if n.startswith("gp"))
+
+
+def check_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise FieldpaintError(f"unknown method {name!r}; choose one of {', '.join(METHOD_NAMES)}")
+    return METHODS[name]
+
+
+def fits(name: str, conditional: bool) -> bool:
+    """Whether diffusion method `name` can run on a model that is (or is not) conditional."""
+    needs = check_method(name).needs
+    return needs != "data" and (needs == "conditional") == conditional
+
+
+def check_fits(name: str, conditioning: str) -> None:
+    """Raise a one-line error when diffusion method `name` cannot run on a model with this conditioning."""
+    needs = check_method(name).needs
+    if needs == "data":
+        return
+    if needs == "unconditional" and conditioning != "none":
+        raise FieldpaintError(f"method {name!r} needs an unconditional model, but this model is conditioned "
+                              f"(model.conditioning: {conditioning}); use a method for conditional models: "
+                              f"{', '.join(n for n in DIFFUSION_METHODS if METHODS[n].needs == 'conditional')}")
+    if needs == "conditional" and conditioning == "none":
+        raise FieldpaintError(f"method {name!r} needs a concat/FiLM model, but this model is unconditional "
+                              f"(model.conditioning: none); use one of "
+                              f"{', '.join(n for n in DIFFUSION_METHODS if METHODS[n].needs == 'unconditional')}")
+
+
+@dataclass
+class BaselineData:
+    """What a baseline may use besides the observations: the normalisation statistics, the data
+    file's attributes (a GRF's true kernel, periodicity) and the training split, loaded on first use."""
+
+    stats: object  # FieldStats: the statistics the observations are normalised with
+    attrs: dict = field(default_factory=dict)
+    load_train: Callable[[], object] | None = None  # -> FieldSplit of the train split, same statistics
+    periodic: tuple[bool, bool] = (False, False)  # (along y, along x)
+    _train: object = None
+
+    def train(self):
+        if self._train is None:
+            if self.load_train is None:
+                raise FieldpaintError("gp-dataset fits its kernel on training fields, but none were given "
+                                      "(name a run, or the training data file)")
+            self._train = self.load_train()
+        return self._train
+
+
+def build_reconstructor(name: str, *, run=None, data: BaselineData | None = None, sampler: dict | None = None,
+                        gp: dict | None = None, seed: int = 0) -> Reconstructor:
+    """The reconstructor called `name` (one of METHODS).
+
+    run: a `fieldpaint.runs.TrainedRun`, for diffusion methods; data: what baselines may use;
+    sampler: DiffusionReconstructor keywords (steps, eta, device, ...); gp: GPReconstructor keywords.
+    """
+    spec = check_method(name)
+    if spec.needs != "data":
+        from fieldpaint.diffusion.reconstructor import DiffusionReconstructor
+
+        if run is None:
+            raise FieldpaintError(f"method {name!r} needs a trained model: name a run or checkpoint")
+        check_fits(name, run.config.model.conditioning)
+        return DiffusionReconstructor(run.model, run.config, method=name, **(sampler or {}))
+    if name in ("nearest", "linear", "laplace"):
+        from fieldpaint.baselines.interp import InterpReconstructor
+
+        return InterpReconstructor(name)
+    return _kriging(name, data, gp or {}, seed)
+
+
+def _kriging(name: str, data: BaselineData | None, options: dict, seed: int) -> Reconstructor:
+    from fieldpaint.baselines.gp import GPReconstructor
+
+    if name == "gp":
+        return GPReconstructor("per-field", **options)
+    if data is None:
+        raise FieldpaintError(f"{name} needs the data's statistics and attributes")
+    if name == "gp-oracle":
+        if data.attrs.get("kernel") is None:
+            raise FieldpaintError("gp-oracle needs a dataset made by `fieldpaint data generate grf` "
+                                  "(its file records the true kernel); this one has none")
+        return GPReconstructor.from_attrs(data.attrs, data.stats, **_prediction_options(options))
+    return dataset_kriging(data, options, seed)
+
+
+def _prediction_options(options: dict) -> dict:
+    """The options that also apply to a GP whose kernel is given, not fitted."""
+    return {k: v for k, v in options.items() if k in ("neighbors", "device", "include_noise")}
+
+
+def dataset_kriging(data: BaselineData, options: dict, seed: int) -> Reconstructor:
+    """gp-dataset: one kernel per channel fitted on training fields (the information the
+    diffusion model had), around the training-mean field, with torus distances on periodic data."""
+    from fieldpaint.baselines.gp import GPReconstructor, mean_field
+
+    train = data.train()
+    trend = mean_field(train.x, train.valid)
+    gp = GPReconstructor("dataset", trend=trend, periodic=data.periodic, **options)
+    gp.fit_dataset(train.x, train.valid, seed=seed)
+    gp.name = "gp-dataset"
+    return gp

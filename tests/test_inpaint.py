@@ -49,7 +49,7 @@ def test_round_trip_keeps_observations_and_writes_everything(runs, tmp_path, run
     out = tmp_path / "rec.nc"
     assert _inpaint(runs / run, runs / "obs.nc", out, method, "--valid-variable", "valid") == 0
     with xr.open_dataset(runs / "obs.nc") as obs, xr.open_dataset(out) as rec:
-        assert rec["a"].dims == ("time", "lat", "lon") and rec["a_members"].sizes["member"] == 3
+        assert rec["a"].dims == ("time", "lat", "lon") and rec["a_members"].sizes["realization"] == 3
         np.testing.assert_allclose(rec["lat"], obs["lat"])
         seen = np.isfinite(obs["a"].values) & (obs["valid"].values == 1)
         assert (rec["observed"].values == seen).all()
@@ -86,3 +86,79 @@ def test_grid_mismatch_and_missing_checkpoint(runs, tmp_path, capsys):
     assert "8x32" in capsys.readouterr().err
     assert _inpaint(tmp_path / "nothing", runs / "obs.nc", tmp_path / "rec.nc", "ddnm") == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+def test_a_kriging_file_equals_the_kriging_reconstructors_mean(runs, tmp_path):
+    """`inpaint --method gp` writes, in physical units, exactly what GPReconstructor computes."""
+    import torch
+
+    from fieldpaint.baselines.gp import GPReconstructor
+    from fieldpaint.data.fields import FieldStats
+    from fieldpaint.inpaint import read_observations
+    from fieldpaint.runs import load_run
+
+    out = tmp_path / "gp.nc"
+    assert main(["inpaint", "--checkpoint", str(runs / "none"), "--input", str(runs / "obs.nc"), "--out", str(out),
+                 "--method", "gp", "--valid-variable", "valid"]) == 0
+    obs = read_observations(runs / "obs.nc", ["a", "b"], valid_variable="valid")
+    run = load_run(runs / "none")
+    stats = FieldStats(("a", "b"), run.stats.mean, run.stats.std)
+    normalised = np.nan_to_num(stats.normalize(obs.values), nan=0.0)
+    expected = GPReconstructor("per-field").reconstruct(
+        torch.from_numpy(normalised), torch.from_numpy(obs.mask.astype(np.float32)),
+        torch.from_numpy(obs.valid.astype(np.float32)))
+    mean = stats.denormalize(expected.mean.double().numpy())
+    valid = obs.valid[:, 0]
+    with xr.open_dataset(out) as rec:
+        for c, name in enumerate(("a", "b")):
+            np.testing.assert_allclose(rec[name].values[valid], mean[:, c][valid], rtol=1e-5, atol=1e-5)
+            assert np.isnan(rec[name].values[~valid]).all()
+        assert rec.attrs["method"] == "gp" and f"{name}_members" not in rec
+
+
+def test_baselines_need_no_run(runs, tmp_path):
+    out = tmp_path / "linear.nc"
+    assert main(["inpaint", "--input", str(runs / "obs.nc"), "--out", str(out), "--method", "linear",
+                 "--variables", "a,b"]) == 0
+    with xr.open_dataset(runs / "obs.nc") as obs, xr.open_dataset(out) as rec:
+        seen = np.isfinite(obs["a"].values)
+        np.testing.assert_allclose(rec["a"].values[seen], obs["a"].values[seen], rtol=1e-5)
+        assert np.isfinite(rec["a"].values).all()
+
+
+def test_output_is_cf_with_coordinates_attributes_fill_and_realizations(runs, tmp_path):
+    """Coordinates (time, lat, lon, a 2-D auxiliary one) and variable attributes round-trip, land
+    carries _FillValue, members lie along `realization`, and an ensemble score over that dimension
+    needs no reshaping."""
+    import netCDF4
+
+    with xr.open_dataset(runs / "obs.nc") as base:
+        obs = base.load()
+    obs = obs.assign_coords(time=("time", np.array(["2020-01-01", "2020-02-01", "2020-03-01"], "datetime64[ns]")),
+                            area=(("lat", "lon"), np.ones((16, 32)), {"units": "km2", "long_name": "cell area"}))
+    obs["lat"].attrs.update(units="degrees_north", standard_name="latitude")
+    obs["a"].attrs.update(units="K", standard_name="sea_surface_temperature", long_name="SST")
+    obs.attrs.update(title="monthly SST", history="made by a test")
+    obs.to_netcdf(tmp_path / "cf.nc")
+    out = tmp_path / "rec.nc"
+    assert _inpaint(runs / "concat", tmp_path / "cf.nc", out, "conditional", "--valid-variable", "valid") == 0
+    with xr.open_dataset(out) as rec, xr.open_dataset(tmp_path / "cf.nc") as src:
+        np.testing.assert_array_equal(rec["time"].values, src["time"].values)
+        assert rec["lat"].attrs["standard_name"] == "latitude" and rec["area"].dims == ("lat", "lon")
+        assert rec["a"].attrs["units"] == "K" and rec["a"].attrs["standard_name"] == "sea_surface_temperature"
+        assert rec["a_std"].attrs["standard_name"] == "sea_surface_temperature standard_error"
+        assert rec["a_std"].attrs["units"] == "K" and "standard deviation" in rec["a_std"].attrs["long_name"]
+        assert rec["realization"].attrs["standard_name"] == "realization"
+        assert rec["a_members"].dims == ("time", "realization", "lat", "lon")
+        assert rec.attrs["Conventions"].startswith("CF-") and rec.attrs["title"] == "monthly SST"
+        assert "fieldpaint inpaint" in rec.attrs["history"] and "made by a test" in rec.attrs["history"]
+        # the fair ensemble CRPS, E|X - y| - E|X - X'| / 2, straight over the member dimension
+        truth = rec["a"].fillna(0)
+        members = rec["a_members"]
+        spread = abs(members - members.rename(realization="other")).mean(["realization", "other"])
+        crps = abs(members - truth).mean("realization") - spread / 2
+        assert crps.dims == ("time", "lat", "lon") and bool((crps.fillna(0) >= -1e-4).all())
+    with netCDF4.Dataset(out) as raw:  # land is the fill value on disk, not a bare NaN
+        assert raw["a"]._FillValue == np.float32(9.969209968386869e36)
+        land = (obs["valid"].values == 0)
+        assert raw["a"][:].mask[land].all()

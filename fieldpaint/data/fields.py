@@ -196,6 +196,44 @@ def dataset_layout(ds: xr.Dataset, variables: Sequence[str], sample_dim: str | N
     return first
 
 
+def gridded_variables(ds: xr.Dataset) -> list[str]:
+    """The data variables that are fields, in file order: numeric, with both spatial dims and the
+    largest number of dims any such variable has (so a 2-D land mask beside (time, y, x) fields
+    is left out), not the split and not 0/1 flags."""
+    candidates = []
+    for name, da in ds.data_vars.items():
+        if name == SPLIT_VARIABLE or da.dtype.kind not in "fiu" or da.ndim < 2:
+            continue
+        try:
+            find_layout(str(name), da.dims, da.sizes)
+        except DataError:
+            continue
+        candidates.append((str(name), da))
+    if not candidates:
+        return []
+    most = max(da.ndim for _, da in candidates)
+    return [name for name, da in candidates if da.ndim == most and da.dtype.kind == "f"] or \
+        [name for name, da in candidates if da.ndim == most]
+
+
+def file_variables(path: str | Path) -> list[str]:
+    """`gridded_variables` of a file; DataError when it has none."""
+    with open_dataset(path) as ds:
+        names = gridded_variables(ds)
+    if not names:
+        raise DataError(f"{path} has no gridded data variable (one with two spatial dims)")
+    return names
+
+
+def periodic_axes(setting: str, attrs: Mapping[str, Any]) -> tuple[bool, bool]:
+    """(periodic along y, along x) from a setting 'none' | 'x' | 'y' | 'xy', or 'auto': the data
+    file's `periodic` attribute (the Kolmogorov generator records 'xy'), else not periodic."""
+    value = str(attrs.get("periodic", "none")) if setting == "auto" else str(setting)
+    if value not in ("none", "x", "y", "xy", "yx"):
+        raise DataError(f"periodic must be one of auto, none, x, y, xy; got {value!r}")
+    return "y" in value, "x" in value
+
+
 def check_grid(height: int, width: int, expected: tuple[int, int] | None) -> None:
     if height < MIN_GRID or width < MIN_GRID:
         raise DataError(f"grid {height}x{width} is too small (at least {MIN_GRID}x{MIN_GRID})")

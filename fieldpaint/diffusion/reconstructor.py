@@ -21,7 +21,6 @@ returned as sampled (the harness ignores them). Values of `obs` at hidden pixels
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Literal
@@ -30,19 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from fieldpaint.checkpoint import check_compatible, load_checkpoint, resolve_checkpoint
-from fieldpaint.config import Config, from_dict
-from fieldpaint.data.fields import FieldStats
+from fieldpaint.config import Config
 from fieldpaint.diffusion.samplers import ddim, ddnm, model_denoiser, repaint
 from fieldpaint.diffusion.schedule import make_schedule
-from fieldpaint.errors import CheckpointError, FieldpaintError
 from fieldpaint.diffusion.conditioning import conditioning_input
-from fieldpaint.models.registry import build_model
-from fieldpaint.reconstruct import Reconstruction, ensemble_summary
+from fieldpaint.errors import FieldpaintError
+from fieldpaint.reconstruct import Reconstruction, check_fits, ensemble_summary
 from fieldpaint.runtime import select_device
 
 Method = Literal["repaint", "ddnm", "conditional"]
-METHODS = ("repaint", "ddnm", "conditional")
 DEFAULT_STEPS = {"repaint": 250, "ddnm": 100, "conditional": 50}
 DEFAULT_ETA = {"ddnm": 1.0, "conditional": 0.0}  # RePaint has no η: its steps are ancestral
 
@@ -58,24 +53,13 @@ def _device(name: str | torch.device) -> torch.device:
     return name if isinstance(name, torch.device) else select_device(str(name))
 
 
-def _check_method(method: str, conditioning: str) -> None:
-    if method not in METHODS:
-        raise FieldpaintError(f"unknown sampling method {method!r}; choose one of {', '.join(METHODS)}")
-    if method in ("repaint", "ddnm") and conditioning != "none":
-        raise FieldpaintError(f"method {method!r} needs an unconditional model, but this model is conditioned "
-                              f"(model.conditioning: {conditioning}); use method 'conditional'")
-    if method == "conditional" and conditioning == "none":
-        raise FieldpaintError("method 'conditional' needs a concat/FiLM model, but this model is unconditional "
-                              "(model.conditioning: none); use method 'repaint' or 'ddnm'")
-
-
 class DiffusionReconstructor:
     """RePaint, DDNM or conditional DDIM over a model, behind the `Reconstructor` interface."""
 
     def __init__(self, model: nn.Module, config: Config, *, method: Method, steps: int | None = None,
                  jump_length: int = 10, jump_n_sample: int = 10, eta: float | None = None, sigma_y: float = 0.0,
                  batch_size: int = 16, device: str | torch.device = "cpu", progress: bool = False) -> None:
-        _check_method(method, config.model.conditioning)
+        check_fits(method, config.model.conditioning)
         steps = DEFAULT_STEPS[method] if steps is None else steps
         eta = DEFAULT_ETA.get(method, 1.0) if eta is None else eta  # (ignored by repaint)
         T = config.diffusion.timesteps
@@ -165,19 +149,3 @@ class DiffusionReconstructor:
             std = torch.where(exact, torch.zeros_like(std), std)
         return Reconstruction(mean=mean.to(out_device), std=std.to(out_device), members=members.to(out_device),
                               nfe=nfe, seconds=time.perf_counter() - started)
-
-
-def load_reconstructor(checkpoint_path_or_run_dir: str | os.PathLike, method: Method,
-                       **options) -> tuple[DiffusionReconstructor, FieldStats, Config]:
-    """A reconstructor over a checkpoint's EMA weights (its raw weights if it has no EMA), with the
-    run's normalisation statistics and config. `options` are DiffusionReconstructor's keywords."""
-    checkpoint = load_checkpoint(resolve_checkpoint(checkpoint_path_or_run_dir))
-    config = from_dict(checkpoint.config)
-    if checkpoint.stats is None:
-        raise CheckpointError(f"checkpoint {checkpoint.path} has no normalisation statistics")
-    _check_method(method, config.model.conditioning)
-    model = build_model(config)
-    check_compatible(checkpoint, model)
-    model.load_state_dict(checkpoint.ema_state if checkpoint.ema_state is not None else checkpoint.model_state)
-    stats = FieldStats.from_dict(checkpoint.stats)
-    return DiffusionReconstructor(model, config, method=method, **options), stats, config

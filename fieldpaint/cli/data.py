@@ -1,0 +1,118 @@
+"""`fieldpaint data generate | info | masks`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fieldpaint.atomic import check_writable
+from fieldpaint.cli.options import coverage, positive_int
+from fieldpaint.data.masks import MASK_FAMILIES
+from fieldpaint.errors import FieldpaintError
+
+
+def cmd_data_generate(args: argparse.Namespace) -> int:
+    from fieldpaint.data.io import write_dataset
+
+    out = Path(args.out) if args.out else Path("data") / f"{args.generator}.nc"
+    check_writable(out, args.overwrite)
+    if args.n_train < 1 or args.n_test < 0:
+        raise FieldpaintError(f"--n-train must be >= 1 and --n-test >= 0 (got {args.n_train}, {args.n_test})")
+    if args.generator == "kolmogorov":
+        from fieldpaint.data.kolmogorov import generate_kolmogorov
+
+        channels, split, attrs = generate_kolmogorov(
+            args.n_train, args.n_test, args.height, args.width, seed=args.seed, progress=not args.quiet)
+    else:
+        from fieldpaint.data.grf import generate_grf
+
+        channels, split, attrs = generate_grf(
+            args.n_train, args.n_test, args.height, args.width, channels=args.channels, nu=args.nu,
+            length_scale=args.length_scale, variance=args.variance, seed=args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_dataset(out, channels, split, attrs, overwrite=args.overwrite)
+    n = len(split)
+    print(f"wrote {out}: {n} samples ({int((split == 'train').sum())} train, "
+          f"{int((split == 'test').sum())} test) of {args.height}x{args.width}, "
+          f"variables {', '.join(channels)}")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from fieldpaint.data.fields import FieldDataset
+    from fieldpaint.data.io import open_dataset
+
+    ds = open_dataset(args.path)
+    variables = args.variables.split(",") if args.variables else [
+        name for name, var in ds.data_vars.items() if var.ndim >= 2]
+    train = FieldDataset(args.path, variables, "train", test_fraction=args.test_fraction)
+    test = FieldDataset(args.path, variables, "test", stats=train.stats, test_fraction=args.test_fraction)
+    print(f"{args.path}: {train.height}x{train.width}, {len(train)} train + {len(test)} test samples")
+    for name, mean, std in zip(train.stats.variables, train.stats.mean, train.stats.std):
+        print(f"  {name:<12} mean {mean:+.4g}  std {std:.4g}")
+    for key, value in sorted(train.attrs.items()):
+        print(f"  @{key} = {value}")
+    return 0
+
+
+def cmd_data_masks(args: argparse.Namespace) -> int:
+    import numpy as np
+    import xarray as xr
+
+    from fieldpaint.data.io import write_netcdf_atomic
+    from fieldpaint.data.masks import make_masks
+
+    out = Path(args.out)
+    check_writable(out, args.overwrite)
+    masks = make_masks(args.family, args.coverage, args.n, args.height, args.width, seed=args.seed)
+    ds = xr.Dataset({"mask": (("sample", "y", "x"), masks[:, 0].astype(np.int8))},
+                    attrs={"family": args.family, "coverage": args.coverage, "seed": args.seed,
+                           "convention": "1 = observed, 0 = hidden"})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_netcdf_atomic(ds, out, overwrite=args.overwrite)
+    hidden = 1.0 - masks.mean()
+    print(f"wrote {out}: {args.n} {args.family} masks of {args.height}x{args.width}, "
+          f"hidden fraction {hidden:.4f}")
+    return 0
+
+
+def add_data_parser(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="generate built-in datasets, inspect files, draw masks")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="{generate,info,masks}")
+
+    gen = data_sub.add_parser("generate", help="write a built-in dataset to NetCDF",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    gen.add_argument("generator", choices=["kolmogorov", "grf"],
+                     help="kolmogorov: 2-D turbulence (u, v, vorticity); grf: Matérn Gaussian random field")
+    gen.add_argument("--n-train", type=int, default=9180, help="training snapshots")
+    gen.add_argument("--n-test", type=int, default=1020, help="test snapshots (disjoint trajectories)")
+    gen.add_argument("--height", type=int, default=64, help="grid rows (y)")
+    gen.add_argument("--width", type=int, default=128, help="grid columns (x)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", default=None, help="output file (.nc or .zarr); default data/GENERATOR.nc")
+    gen.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    grf = gen.add_argument_group("grf options")
+    grf.add_argument("--nu", type=float, default=1.5, help="Matérn smoothness (0.5, 1.5 or 2.5)")
+    grf.add_argument("--length-scale", type=float, default=8.0, help="length scale in pixels")
+    grf.add_argument("--variance", type=float, default=1.0, help="marginal variance")
+    grf.add_argument("--channels", type=int, default=1, help="independent channels")
+    gen.set_defaults(func=cmd_data_generate)
+
+    info = data_sub.add_parser("info", help="describe a NetCDF/Zarr dataset as fieldpaint reads it")
+    info.add_argument("path")
+    info.add_argument("--variables", default=None, help="comma-separated variables (default: all gridded ones)")
+    info.add_argument("--test-fraction", type=float, default=0.1, help="used when the file has no split variable")
+    info.set_defaults(func=cmd_data_info)
+
+    masks = data_sub.add_parser("masks", help="draw observation masks to a NetCDF file (1 = observed)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    masks.add_argument("--family", default="random", choices=MASK_FAMILIES)
+    masks.add_argument("--coverage", type=coverage, default=0.9, help="hidden fraction, in [0, 1)")
+    masks.add_argument("--n", type=positive_int, default=16, help="number of masks")
+    masks.add_argument("--height", type=int, default=64)
+    masks.add_argument("--width", type=int, default=128)
+    masks.add_argument("--seed", type=int, default=0)
+    masks.add_argument("--out", required=True)
+    masks.add_argument("--overwrite", action="store_true")
+    masks.set_defaults(func=cmd_data_masks)
