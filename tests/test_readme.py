@@ -19,7 +19,7 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     install, run = test_command.rsplit(" && ", 1)
     assert install in ci, "CI installs exactly as the README says"
-    assert run.replace("python -m pytest -q", "python -m pytest -q") in ci
+    assert run in ci, "CI runs the tests exactly as the README says"
     assert "constraints/cpu.txt" in blocks[0]
 
 
