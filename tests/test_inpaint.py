@@ -162,3 +162,18 @@ def test_output_is_cf_with_coordinates_attributes_fill_and_realizations(runs, tm
         assert raw["a"]._FillValue == np.float32(9.969209968386869e36)
         land = (obs["valid"].values == 0)
         assert raw["a"][:].mask[land].all()
+
+
+def test_the_notebook_api_returns_what_inpaint_writes(runs, tmp_path):
+    import fieldpaint
+
+    out = tmp_path / "rec.nc"
+    assert _inpaint(runs / "concat", runs / "obs.nc", out, "conditional", "--valid-variable", "valid") == 0
+    rec = fieldpaint.reconstructor(runs / "concat", steps=5)  # conditional is the default for this run
+    with xr.open_dataset(runs / "obs.nc") as obs, xr.open_dataset(out) as written:
+        result = rec.reconstruct(obs, valid_variable="valid", samples=3)
+        for name in ("a", "a_std", "b_members", "observed"):
+            np.testing.assert_allclose(result[name].values, written[name].values, rtol=1e-6, atol=1e-6)
+        assert result.attrs["method"] == "conditional" and result["b_members"].dims[1] == "realization"
+    with pytest.raises(fieldpaint.errors.FieldpaintError, match="needs a trained run"):
+        fieldpaint.reconstructor(method="ddnm")
