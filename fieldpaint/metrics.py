@@ -76,24 +76,31 @@ def spread_skill(mean: np.ndarray, std: np.ndarray, truth: np.ndarray, scored: n
 
 
 def radial_spectrum(field: np.ndarray) -> np.ndarray:
-    """Radially averaged power spectrum of (C, H, W), summed over channels, per integer wavenumber
-    |k| = sqrt(ky² + kx²) in grid units (bins 0 .. min(H, W)//2)."""
+    """Radially averaged power spectrum of (C, H, W), summed over channels, in bins of physical
+    wavenumber.
+
+    |k| = sqrt((ky/H)² + (kx/W)²) in cycles per pixel, so one cycle across the grid's width and one
+    across its height are told apart on a non-square grid. Bins are of equal width dk = 1/max(H, W)
+    (the finer of the two axes' frequency steps), bin i holding (i - 1/2) dk <= |k| < (i + 1/2) dk:
+    bin i is i cycles across the longer side, bin 0 is the mean alone, and the first non-zero mode of
+    either axis (|k| >= dk) lands in a scored bin >= 1. Bins 0 .. max(H, W)//2 reach the Nyquist
+    frequency 1/2 (the corners beyond it are left out). On a square N x N grid this is the usual
+    integer-wavenumber binning.
+    """
     c, h, w = field.shape
     power = np.abs(np.fft.fft2(field - field.mean(axis=(1, 2), keepdims=True))) ** 2 / (h * w)
-    ky = np.fft.fftfreq(h) * h
-    kx = np.fft.fftfreq(w) * w
-    # scale so that both axes count wavelengths over the shorter side
-    k = np.sqrt((ky[:, None] * min(h, w) / h) ** 2 + (kx[None, :] * min(h, w) / w) ** 2)
-    bins = np.rint(k).astype(int)
-    n = min(h, w) // 2 + 1
+    k = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :])  # cycles per pixel
+    n = max(h, w) // 2 + 1
+    bins = np.floor(k * max(h, w) + 0.5).astype(int)  # round half up: edges at (i ± 1/2) dk
     total = np.bincount(bins.ravel(), weights=power.sum(axis=0).ravel(), minlength=n)[:n]
     count = np.bincount(bins.ravel(), minlength=n)[:n]
     return total / np.maximum(count, 1)
 
 
 def spectrum_error(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean absolute log10 ratio of the radially averaged spectra (wavenumbers >= 1): 0 when the
-    reconstruction has the truth's energy at every scale; large when it is too smooth or noisy."""
+    """Mean absolute log10 ratio of the radially averaged spectra over bins >= 1 (every non-zero mode
+    up to the Nyquist frequency; see `radial_spectrum`): 0 when the reconstruction has the truth's
+    energy at every scale; large when it is too smooth or noisy."""
     a, b = radial_spectrum(pred)[1:], radial_spectrum(truth)[1:]
     eps = 1e-12 * max(b.max(), 1e-30)
     return float(np.mean(np.abs(np.log10((a + eps) / (b + eps)))))

@@ -17,8 +17,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fieldpaint.data.fields import FieldStats  # noqa: E402
-from fieldpaint.evaluate import REFERENCE, breakdown_coverages, group_file  # noqa: E402
+from fieldpaint.evaluate import group_file  # noqa: E402
 from fieldpaint.runlog import read_metrics  # noqa: E402
+from fieldpaint.summary import (ALIAS, best_per_group, describe_method, is_kriging, percent,  # noqa: E402
+                                summarize, verdict_sentences)
 
 EXAMPLE_COVERAGES = (0.9, 0.95, 0.99)
 
@@ -32,22 +34,34 @@ def _nearest(values: list[float], target: float) -> float:
 
 
 def plot_ratio_vs_coverage(summary: pd.DataFrame, path: Path) -> Path:
+    """The geometric-mean MSE ratio to the reference with its 95 % interval, per method and family;
+    kriging variants dashed; a coverage with failed cases is marked with x on the top edge."""
+    reference = str(summary["reference"].iloc[0])
     families = sorted(summary["mask"].unique())
-    methods = [m for m in sorted(summary["method"].unique()) if m != REFERENCE]
+    methods = [m for m in sorted(summary["method"].unique()) if m != reference]
     fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families), 3.6), squeeze=False, sharey=True)
     for ax, family in zip(axes[0], families):
-        for method in methods:
+        for i, method in enumerate(methods):
             g = summary[(summary["mask"] == family) & (summary["method"] == method)].sort_values("coverage")
-            if g["ratio_mean"].notna().any():
-                ax.errorbar(g["coverage"] * 100, g["ratio_mean"],
-                            yerr=[g["ratio_mean"] - g["ratio_ci_low"], g["ratio_ci_high"] - g["ratio_mean"]],
-                            marker="o", ms=3, capsize=2, label=method)
-        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+            ok = g[np.isfinite(g["ratio_gmean"]) & (g["failures"] == 0)]
+            style = {"ls": "--" if is_kriging(method) else "-", "color": f"C{i % 10}"}
+            if not ok.empty:
+                low = (ok["ratio_gmean"] - ok["ratio_ci_low"]).fillna(0.0)
+                high = (ok["ratio_ci_high"] - ok["ratio_gmean"]).fillna(0.0)
+                ax.errorbar(ok["coverage"] * 100, ok["ratio_gmean"], yerr=[low, high], marker="o", ms=3,
+                            capsize=2, label=method, **style)
+            failed = g[g["failures"] > 0]
+            if not failed.empty:
+                ax.plot(failed["coverage"] * 100, [1.0] * len(failed), "x", ms=7, color=style["color"],
+                        transform=ax.get_xaxis_transform(), clip_on=False,
+                        label=f"{method}: failed cases")
+        ax.axhline(1.0, color="k", lw=0.8, ls=":")
         ax.set_yscale("log")
         ax.set_title(f"{family} masks")
         ax.set_xlabel("coverage: hidden fraction of valid pixels (%)")
-    axes[0][0].set_ylabel(f"mean MSE ratio to {REFERENCE} (below 1: better than GP)")
-    axes[0][-1].legend(fontsize=7)
+    axes[0][0].set_ylabel(f"geometric-mean MSE ratio to {reference}\n(95 % CI; below 1: better)")
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
+    axes[0][-1].legend(handles.values(), handles.keys(), fontsize=7)  # every family's entries, once
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -104,7 +118,7 @@ def plot_spectra(npz: Path, title: str, path: Path) -> Path:
     ax.loglog(k, d["spectrum_truth"][1:], "k", lw=2, label="truth")
     for key in sorted(f for f in d.files if f.startswith("spectrum/")):
         ax.loglog(k, d[key][1:], lw=1, label=key.split("/", 1)[1])
-    ax.set_xlabel("wavenumber (cycles per shorter side)")
+    ax.set_xlabel("wavenumber (cycles across the longer side of the grid)")
     ax.set_ylabel("power (normalised units², summed over channels)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
@@ -144,29 +158,32 @@ def plot_training_curves(run: Path, path: Path) -> Path | None:
 # text
 
 
-def verdict(summary: pd.DataFrame) -> list[str]:
-    """Plain sentences computed from the numbers: who wins where, and where each method collapses."""
-    lines = []
-    best = summary.loc[summary.groupby(["mask", "coverage"])["mse_mean"].idxmin()]
-    counts = best["method"].value_counts()
-    lines.append("- Lowest mean MSE per (mask family, coverage): " +
-                 ", ".join(f"**{m}** in {n} of {len(best)}" for m, n in counts.items()) + ".")
-    for item in breakdown_coverages(summary):
-        g = summary[(summary["method"] == item["method"]) & (summary["mask"] == item["mask"])]
-        wins, compared = int(g["wins"].sum()), int(g["compared"].sum())
-        if compared == 0:
-            continue
-        head = f"- **{item['method']}**, **{item['mask']}** masks: lower MSE than the GP in {wins}/{compared} cases"
-        if not item["beats_gp_at"]:
-            lines.append(f"{head}; not better than the GP (by median MSE ratio) at any coverage tried.")
-        elif item["stops_beating_gp_at"] is None:
-            lines.append(f"{head}; better than the GP at every coverage tried.")
-        else:
-            better = ", ".join(f"{c:.1%}" for c in item["beats_gp_at"])
-            lines.append(f"{head}; better than the GP at {better} hidden, not at "
-                         f"{item['stops_beating_gp_at']:.1%} (median MSE ratio >= 1).")
-    if len(lines) == 1:
-        lines.append("- No method was compared with the GP (add `gp` to --methods).")
+def lowest(summary: pd.DataFrame, cases: pd.DataFrame | None) -> str:
+    """Which method has the lowest geometric-mean MSE ratio per (mask, coverage), and in how many of
+    those groups its interval against the runner-up lies below 1. Methods with failures never lead."""
+    if cases is None:
+        return ""
+    best = best_per_group(cases, summary)
+    if best.empty:
+        return "Lowest geometric-mean MSE ratio: no method finished a group without failures."
+    counts = best.groupby("best")["clear"].agg(["size", "sum"]).sort_values("size", ascending=False)
+    return ("Lowest geometric-mean MSE ratio per (mask family, coverage), among methods without failures: " +
+            ", ".join(f"**{m}** in {int(r['size'])} of {len(best)} (clearly, its interval against the "
+                      f"runner-up below 1, in {int(r['sum'])})" for m, r in counts.iterrows()) + ".")
+
+
+def verdict(summary: pd.DataFrame, cases: pd.DataFrame | None = None) -> list[str]:
+    """The verdict as Markdown bullets: the leader per group, then one sentence per (method, mask)."""
+    lines = [f"- {text}" for text in [lowest(summary, cases)] if text]
+    lines += [f"- {sentence}" for sentence in verdict_sentences(summary)]
+    failed = summary[summary["failures"] > 0]
+    if not failed.empty:
+        lines.append("- **Failures** (non-finite or missing MSE; each counts as a loss, and the group's verdict "
+                     "is 'failed'): " + ", ".join(
+                         f"{r.method} on {r.mask} masks at {percent(r.coverage)}: {r.failures} of {r.n}"
+                         for r in failed.itertuples()) + ".")
+    if not verdict_sentences(summary):
+        lines.append("- No method was compared with the reference.")
     return lines
 
 
@@ -174,30 +191,93 @@ def _fmt(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
 
 
+def _ratio_ci(r) -> str:
+    """`ratio [low, high]` of a summary row (a namedtuple or a Series)."""
+    return f"{_fmt(r.ratio_gmean)} [{_fmt(r.ratio_ci_low)}, {_fmt(r.ratio_ci_high)}]"
+
+
+def _kriging_cell(row: pd.Series | None) -> str:
+    if row is None:
+        return "not run"
+    failed = f" ({row.failures} of {row.n} failed)" if row.failures else ""
+    return f"{_ratio_ci(row)}, {row.verdict}{failed}"
+
+
 def summary_table(summary: pd.DataFrame) -> list[str]:
-    head = ("| mask | coverage | method | MSE mean | MSE median | wins vs GP | ratio mean [95% CI] | "
-            "ratio median | CRPS | spread/skill | spectrum err | NFE | s/field |")
+    reference = str(summary["reference"].iloc[0])
+    head = (f"| mask | coverage | method | cases | failures | wins vs {reference} | ratio to {reference} "
+            "(geometric mean [95% CI]) | verdict | MSE mean | MSE median | MSE physical | MAE | CRPS | "
+            "spread/skill | spectrum err | NFE | s/field |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in summary.sort_values(["mask", "coverage", "method"]).itertuples():
-        ci = f"{_fmt(r.ratio_mean)} [{_fmt(r.ratio_ci_low)}, {_fmt(r.ratio_ci_high)}]"
-        lines.append(f"| {r.mask} | {r.coverage:.1%} | {r.method} | {_fmt(r.mse_mean)} | {_fmt(r.mse_median)} | "
-                     f"{r.wins}/{r.compared} | {ci} | {_fmt(r.ratio_median)} | {_fmt(r.crps_mean)} | "
-                     f"{_fmt(r.spread_skill_mean)} | {_fmt(r.spectrum_error_mean)} | {r.nfe} | "
-                     f"{_fmt(r.seconds_per_field)} |")
+        lines.append(f"| {r.mask} | {percent(r.coverage)} | {r.method} | {r.n} | {r.failures} | "
+                     f"{r.wins}/{r.compared} | {_ratio_ci(r)} | {r.verdict} | {_fmt(r.mse_mean)} | "
+                     f"{_fmt(r.mse_median)} | {_fmt(r.mse_physical_mean)} | {_fmt(r.mae_mean)} | "
+                     f"{_fmt(r.crps_mean)} | {_fmt(r.spread_skill_mean)} | {_fmt(r.spectrum_error_mean)} | "
+                     f"{_fmt(r.nfe)} | {_fmt(r.seconds_per_field)} |")
     return lines
 
 
-def write_report(out: Path, stats: FieldStats, runs: list[Path], header: dict) -> Path:
-    summary = pd.read_csv(out / "summary.csv")
+def kriging_table(summary: pd.DataFrame) -> list[str]:
+    """The reference beside every kriging variant (every method named gp*), group by group."""
+    reference = str(summary["reference"].iloc[0])
+    variants = sorted(m for m in summary["method"].unique() if is_kriging(m) and m != reference)
+    if not variants:
+        return [f"No kriging variant other than the reference {reference} was evaluated.", ""]
+    head = ("| mask | coverage | reference is | " +
+            " | ".join(f"{describe_method(v)}: ratio [95% CI], verdict" for v in variants) + " |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for (mask, coverage), g in summary.groupby(["mask", "coverage"], sort=True):
+        by = g.set_index("method")
+        cells = [_kriging_cell(by.loc[v] if v in by.index else None) for v in variants]
+        variant = by.loc[reference, "reference_variant"] if reference in by.index else reference
+        lines.append(f"| {mask} | {percent(coverage)} | {variant} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _load_summary(out: Path, reference: str | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """summary.csv as evaluate wrote it, or recomputed from cases.csv when it is of an older format or
+    against another reference than the one asked for."""
+    cases = pd.read_csv(out / "cases.csv") if (out / "cases.csv").exists() else None
+    summary = pd.read_csv(out / "summary.csv") if (out / "summary.csv").exists() else None
+    current = summary is not None and "ratio_gmean" in summary and "reference" in summary
+    if current and (reference is None or (summary["reference"] == reference).all()):
+        return summary, cases
+    if cases is None:
+        raise FileNotFoundError(f"{out} holds no cases.csv to summarise against {reference!r}")
+    if reference is None:
+        reference = "kriging" if (cases["method"] == "kriging").any() else "gp"
+    return summarize(cases, reference), cases
+
+
+def write_report(out: Path, stats: FieldStats, runs: list[Path], header: dict, *,
+                 reference: str | None = None) -> Path:
+    """`out/report.md` and its figures from what evaluate wrote into `out`.
+
+    reference: the method every ratio is against; by default the one summary.csv was computed
+    against (when it is another, the summary is recomputed from cases.csv for the report)."""
+    out = Path(out)
+    summary, cases = _load_summary(out, reference)
+    reference = str(summary["reference"].iloc[0])
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
+    variants = sorted(v for v in summary["reference_variant"].dropna().unique() if v != reference)
+    named = (f"{reference}**, {ALIAS}: " + ", ".join(describe_method(v) for v in variants) if variants
+             else f"{describe_method(reference)}**")
     lines = ["# fieldpaint evaluation", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
-    lines += ["", "MSE is over hidden, valid pixels in normalised units (per-channel z-scores of the train "
-              "split); ratios and wins compare each method with the per-field fitted GP on the same cases. "
-              "Coverage is the hidden fraction of the valid pixels.", "", "## Verdict", ""]
-    lines += verdict(summary)
-    lines += ["", "## MSE ratio to the GP against coverage", "",
+    lines += ["", f"**Reference: {named}. Every ratio, win and verdict compares a "
+              "method with it on the same cases (field, mask family, coverage, mask). MSE is over hidden, valid "
+              "pixels in normalised units (per-channel z-scores of the train split); coverage is the hidden "
+              "fraction of the valid pixels. The ratio is the geometric mean over cases of MSE / MSE of the "
+              "reference, exp(mean log ratio), with a 95 % paired percentile-bootstrap interval over cases; "
+              "'better' or 'worse' is said only where that interval excludes 1, otherwise "
+              "'indistinguishable'. A case whose MSE is non-finite or missing is a failure: it counts as a "
+              "loss (ratio +inf, MSE +inf in the MSE mean and median) and makes the group's verdict 'failed'.",
+              "", "## Verdict", ""]
+    lines += verdict(summary, cases)
+    lines += ["", f"## Kriging variants beside the reference ({reference})", ""] + kriging_table(summary)
+    lines += ["", f"## MSE ratio to {reference} against coverage", "",
               f"![ratio]({plot_ratio_vs_coverage(summary, figures / 'ratio_vs_coverage.png').relative_to(out)})", ""]
     lines += ["## Tables", ""] + summary_table(summary) + [""]
     coverages = sorted(summary["coverage"].unique())

@@ -83,3 +83,25 @@ def test_radial_spectrum_puts_a_single_mode_at_its_wavenumber():
     # 1000x less amplitude at k = 5 (10^-6 in power), identical (empty) elsewhere: 6 decades in 1 of 16 bins.
     weak = 1e-3 * field
     assert spectrum_error(weak, field) == pytest.approx(6 / 16, rel=1e-3)
+
+
+def test_radial_spectrum_bins_by_physical_wavenumber_on_a_non_square_grid():
+    # 16 x 32: one cycle across the width is 1/32 cycles per pixel (bin 1), one across the height
+    # 1/16 (bin 2); bins are 1/32 wide and reach the Nyquist frequency 1/2 (bin 16).
+    y, x = np.meshgrid(np.arange(16), np.arange(32), indexing="ij")
+    across_width, across_height = np.cos(2 * np.pi * x / 32)[None], np.cos(2 * np.pi * y / 16)[None]
+    assert len(radial_spectrum(across_width)) == 17
+    assert int(np.argmax(radial_spectrum(across_width))) == 1
+    assert int(np.argmax(radial_spectrum(across_height))) == 2
+
+
+def test_removing_the_first_mode_across_the_width_is_seen():
+    # The old binning (wavelengths per shorter side, rounded) put kx = ±1 of a 16 x 32 grid at 0.5,
+    # rounded into the unscored bin 0: removing that mode gave spectrum error 0.
+    rng = np.random.default_rng(4)
+    field = rng.normal(size=(1, 16, 32))
+    spectrum = np.fft.fft2(field)
+    spectrum[:, 0, 1] = spectrum[:, 0, -1] = 0.0  # (ky, kx) = (0, ±1)
+    removed = np.fft.ifft2(spectrum).real
+    assert spectrum_error(removed, field) > 0.05
+    assert spectrum_error(field, field) == 0.0
