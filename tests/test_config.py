@@ -52,7 +52,7 @@ def test_every_preset_but_the_old_one_has_ema_warmup():
     ({"train": {"epochs": 2.5}}, "train.epochs"),
     ({"train": {"optimizer": "sgd"}}, "train.optimizer"),
     ({"model": {"channels": 16}}, "model.channels"),
-    ({"masks": {"coverage": [0.5, 1.0]}}, "masks.coverage"),
+    ({"masks": {"coverage": [0.5, 1.0]}}, "masks.coverage[1]"),
     ({"data": {"height": 60}}, "data.height"),
     ({"model": {"channels": [30, 60], "norm_groups": 8}, "data": {"height": 16, "width": 32}}, "model.norm_groups"),
     ({"model": {"channels": [8, 16], "norm_groups": 4, "attention_levels": ["16x16"]},
@@ -67,7 +67,7 @@ def test_bad_config_names_the_key(values, key):
 
 
 def test_attention_by_resolution_and_by_index_agree():
-    from fieldpaint.config import attention_level_indices
+    from fieldpaint.models.structure import attention_level_indices
 
     by_res = from_dict({"model": {"attention_levels": ["16x32", "8x16", "bottleneck"]}})
     by_index = from_dict({"model": {"attention_levels": [2, 3, 4]}})
@@ -98,3 +98,28 @@ def test_yaml_file_config(tmp_path):
     assert load_config(str(path)).train.epochs == 7
     assert to_dict(load_config(str(path)))["train"]["epochs"] == 7
     assert load_config(None) == Config()
+
+
+def test_v_prediction_is_the_default_and_every_preset_but_the_original_uses_it():
+    # The original model of the notes was an ε-model; v avoids ε's 1/√ᾱ amplification at t = T−1.
+    assert Config().diffusion.prediction == "v"
+    assert load_config("repaint_gaussian_attn").diffusion.prediction == "eps"
+    for name in set(preset_names()) - {"repaint_gaussian_attn"}:
+        assert load_config(name).diffusion.prediction == "v", name
+
+
+def test_periodic_key_defaults_to_the_file_attribute():
+    assert Config().data.periodic == "auto"
+    assert load_config(None, ["data.periodic=xy"]).data.periodic == "xy"
+    with pytest.raises(ConfigError, match="'data.periodic'.*'auto', 'none', 'x', 'y', 'xy'"):
+        load_config(None, ["data.periodic=yes"])
+
+
+def test_removed_num_workers_key_is_an_error_except_in_old_run_folders():
+    with pytest.raises(ConfigError, match="'train.num_workers' was removed"):
+        load_config(None, ["train.num_workers=2"])
+    assert "num_workers" not in to_dict(Config())["train"]
+    # config.yaml of runs made before the key went away held its default, 0: they still load.
+    old = to_dict(load_config("standard_attn_slim"))
+    old["train"]["num_workers"] = 0
+    assert from_dict(old) == load_config("standard_attn_slim")

@@ -154,6 +154,7 @@ def test_generate_grf_layout() -> None:
     assert attrs["generator"] == "grf" and attrs["kernel"] == "matern"
     assert (attrs["nu"], attrs["length_scale"], attrs["variance"]) == (2.5, 4.0, 1.0)
     assert attrs["mean"] == 0.0 and attrs["seed"] == 5 and attrs["channels"] == 1
+    assert attrs["periodic"] == "none"  # a crop of a larger torus does not wrap around
     assert all(isinstance(v, (str, int, float)) for v in attrs.values())
     expected = grf.sample_matern_grf(8, 1, 16, 32, nu=2.5, length_scale=4.0, seed=5)[:, 0]
     np.testing.assert_array_equal(data["field"], expected)

@@ -1,4 +1,5 @@
-"""Kolmogorov-flow generator: numerics against closed forms, physics against known statistics.
+"""Kolmogorov-flow generator: numerics (fieldpaint.data.spectral) against closed forms, physics
+(fieldpaint.data.kolmogorov) against known statistics.
 
 Expected values come from closed forms (a two-mode streamfunction, a linear ODE, Parseval) or
 from the flow's known behaviour (Kolmogorov flow keeps a mean shear in phase with the forcing;
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from fieldpaint.data import kolmogorov as K
+from fieldpaint.data import spectral as S
 from fieldpaint.errors import ConfigError
 
 
@@ -39,8 +41,8 @@ def two_mode_flow(height: int, width: int, a=0.5, b=1.0, c=1.5, d=-2.0):
     kx on the 4π box are multiples of 1/2, ky integers.
     """
     A, B = 0.7, 0.4
-    y = np.arange(height)[:, None] * (K.DOMAIN_Y / height)
-    x = np.arange(width)[None, :] * (K.DOMAIN_X / width)
+    y = np.arange(height)[:, None] * (S.DOMAIN_Y / height)
+    x = np.arange(width)[None, :] * (S.DOMAIN_X / width)
     s1, c1 = np.sin(a * x + b * y), np.cos(a * x + b * y)
     s2, c2 = np.sin(c * x + d * y), np.cos(c * x + d * y)
     k1, k2 = a * a + b * b, c * c + d * d
@@ -55,14 +57,14 @@ def two_mode_flow(height: int, width: int, a=0.5, b=1.0, c=1.5, d=-2.0):
 def test_nonlinear_term_and_velocity_match_closed_form():
     height, width = 32, 64
     u, v, omega, advection = two_mode_flow(height, width)
-    grid = K.SpectralGrid(height, width)
-    ops = K.KolmogorovOperators(grid, viscosity=0.0, drag=0.0, forcing_hat=torch.zeros(height, grid.n_kx))
+    grid = S.SpectralGrid(height, width)
+    ops = S.KolmogorovOperators(grid, viscosity=0.0, drag=0.0, forcing_hat=torch.zeros(height, grid.n_kx))
     omega_hat = grid.to_spectral(torch.tensor(omega, dtype=torch.float32)[None]) * grid.keep
     minus_advection = grid.to_physical(ops.nonlinear(omega_hat))[0].numpy()
     scale = np.abs(advection).max()
     np.testing.assert_allclose(-minus_advection, advection, atol=2e-5 * scale)
 
-    u_out, v_out, omega_out = K.output_fields(omega_hat, grid, height, width)
+    u_out, v_out, omega_out = S.output_fields(omega_hat, grid, height, width)
     np.testing.assert_allclose(u_out[0].numpy(), u, atol=2e-5 * np.abs(u).max())
     np.testing.assert_allclose(v_out[0].numpy(), v, atol=2e-5 * np.abs(v).max())
     np.testing.assert_allclose(omega_out[0].numpy(), omega, atol=2e-5 * np.abs(omega).max())
@@ -87,8 +89,8 @@ def test_nonlinear_term_is_dealiased(modes):
         projected[my % height, :11] = spectrum_fine[my % (height * fine), :11]
     expected = np.fft.irfft2(projected, s=(height, width))
 
-    grid = K.SpectralGrid(height, width)
-    ops = K.KolmogorovOperators(grid, viscosity=0.0, drag=0.0, forcing_hat=torch.zeros(height, grid.n_kx))
+    grid = S.SpectralGrid(height, width)
+    ops = S.KolmogorovOperators(grid, viscosity=0.0, drag=0.0, forcing_hat=torch.zeros(height, grid.n_kx))
     omega_hat = grid.to_spectral(torch.tensor(omega, dtype=torch.float32)[None]) * grid.keep
     advection = -grid.to_physical(ops.nonlinear(omega_hat))[0].numpy()
     assert np.abs(expected).max() > 0.1 * np.abs(advection_fine).max()  # not trivially zero
@@ -97,14 +99,14 @@ def test_nonlinear_term_is_dealiased(modes):
 
 def test_divergence_and_curl_match_closed_form():
     height, width = 16, 32
-    y = torch.arange(height, dtype=torch.float64)[:, None] * (K.DOMAIN_Y / height)
-    x = torch.arange(width, dtype=torch.float64)[None, :] * (K.DOMAIN_X / width)
+    y = torch.arange(height, dtype=torch.float64)[:, None] * (S.DOMAIN_Y / height)
+    x = torch.arange(width, dtype=torch.float64)[None, :] * (S.DOMAIN_X / width)
     u = torch.sin(0.5 * x) * torch.cos(y)
     v = torch.cos(2 * x) * torch.sin(3 * y)
     expected_div = 0.5 * torch.cos(0.5 * x) * torch.cos(y) + 3 * torch.cos(2 * x) * torch.cos(3 * y)
     expected_curl = -2 * torch.sin(2 * x) * torch.sin(3 * y) + torch.sin(0.5 * x) * torch.sin(y)
-    torch.testing.assert_close(K.divergence(u, v), expected_div, atol=1e-12, rtol=0)
-    torch.testing.assert_close(K.curl(u, v), expected_curl, atol=1e-12, rtol=0)
+    torch.testing.assert_close(S.divergence(u, v), expected_div, atol=1e-12, rtol=0)
+    torch.testing.assert_close(S.curl(u, v), expected_curl, atol=1e-12, rtol=0)
 
 
 def test_lawson_rk4_is_fourth_order_and_exact_on_the_linear_part():
@@ -117,7 +119,7 @@ def test_lawson_rk4_is_fourth_order_and_exact_on_the_linear_part():
     def error(n_steps: int, c: float) -> float:
         w = w0.clone()
         for _ in range(n_steps):
-            w = K.lawson_rk4_step(w, t_end / n_steps, linear, lambda z: 1j * c * z)
+            w = S.lawson_rk4_step(w, t_end / n_steps, linear, lambda z: 1j * c * z)
         return float((w - w0 * torch.exp((linear + 1j * c) * t_end)).abs().max())
 
     errors = [error(n, c=3.0) for n in (20, 40, 80)]
@@ -128,15 +130,15 @@ def test_lawson_rk4_is_fourth_order_and_exact_on_the_linear_part():
 
 def test_spectra_obey_parseval_and_put_a_mode_in_its_shell():
     height, width = 32, 64
-    y = np.arange(height)[:, None] * (K.DOMAIN_Y / height)
+    y = np.arange(height)[:, None] * (S.DOMAIN_Y / height)
     single = np.repeat(2.0 * np.cos(3 * y), width, axis=1)  # |k| = 3, mean of ω²/2 = 1
-    k, z = K.enstrophy_spectrum(single)
+    k, z = S.enstrophy_spectrum(single)
     assert z[3] == pytest.approx(1.0, rel=1e-12) and np.delete(z, 3).max() < 1e-20
 
     rng = np.random.default_rng(0)
     omega, u, v = rng.standard_normal((3, 2, height, width))
-    assert K.enstrophy_spectrum(omega)[1].sum() == pytest.approx((omega**2).mean() / 2, rel=1e-10)
-    assert K.energy_spectrum(u, v)[1].sum() == pytest.approx(((u**2 + v**2) / 2).mean(), rel=1e-10)
+    assert S.enstrophy_spectrum(omega)[1].sum() == pytest.approx((omega**2).mean() / 2, rel=1e-10)
+    assert S.energy_spectrum(u, v)[1].sum() == pytest.approx(((u**2 + v**2) / 2).mean(), rel=1e-10)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,15 +159,15 @@ def test_velocity_is_divergence_free_and_vorticity_is_its_curl(default_run):
     omega = torch.tensor(default_run["vorticity"], dtype=torch.float64)
     gradient_scale = float(omega.abs().max())  # |∂u/∂y| and |∂v/∂x| are of this size
     # float32 storage rounds u, v at ~6e-8 relative; the derivative multiplies that by |k| <= 32.
-    assert float(K.divergence(u, v).abs().max()) < 1e-5 * gradient_scale
-    assert float((K.curl(u, v) - omega).abs().max()) < 1e-5 * gradient_scale
+    assert float(S.divergence(u, v).abs().max()) < 1e-5 * gradient_scale
+    assert float((S.curl(u, v) - omega).abs().max()) < 1e-5 * gradient_scale
 
 
 def test_mean_flow_is_the_forced_shear_weakened_by_turbulence(default_run):
     # The laminar solution is u = sin(k_f y) / (ν k_f² + α) = 3.85 sin(4y). Turbulence keeps a
     # mean profile in phase with the forcing but carries momentum across it, so its amplitude
     # falls well below the laminar one (measured 0.53).
-    y = np.arange(64) * (K.DOMAIN_Y / 64)
+    y = np.arange(64) * (S.DOMAIN_Y / 64)
     profile = default_run["u"].astype(np.float64).mean(axis=(0, 2))
     forcing = np.sin(4 * y)
     correlation = profile @ forcing / np.linalg.norm(profile) / np.linalg.norm(forcing)
@@ -182,7 +184,7 @@ def test_vorticity_is_heavy_tailed(default_run):
 
 
 def test_enstrophy_spectrum_has_no_pileup_at_the_cutoff(default_run):
-    k, z = K.enstrophy_spectrum(default_run["vorticity"])
+    k, z = S.enstrophy_spectrum(default_run["vorticity"])
     assert int(np.argmax(z)) == 4  # the forcing wavenumber
     # Shells 5..20 lie below the 2/3 cutoff (|k| < 21.3): a resolved run decays through all of
     # them (measured step ratios <= 0.84), an under-resolved one flattens or turns up at the end.
@@ -200,8 +202,8 @@ def test_spectra_agree_with_a_twice_finer_twin():
     physics = dict(viscosity=0.05, forcing_wavenumber=1, spinup_time=20.0, snapshot_interval=1.0, seed=0, oversample=1)
     coarse = K.simulate_kolmogorov(6, 20, 16, 32, **physics)
     fine = K.simulate_kolmogorov(6, 20, 32, 64, **physics)
-    z_coarse = K.enstrophy_spectrum(coarse["vorticity"])[1][1:5]
-    z_fine = K.enstrophy_spectrum(fine["vorticity"])[1][1:5]
+    z_coarse = S.enstrophy_spectrum(coarse["vorticity"])[1][1:5]
+    z_fine = S.enstrophy_spectrum(fine["vorticity"])[1][1:5]
     np.testing.assert_allclose(z_coarse / z_fine, 1.0, atol=0.15)
 
 
@@ -242,6 +244,7 @@ def test_generate_splits_disjoint_trajectories_in_the_documented_layout():
     np.testing.assert_array_equal(sim["trajectory"][trajectory * 2 + snapshot], trajectory)
 
     assert attrs["generator"] == "kolmogorov" and attrs["n_test_trajectories"] == 2
+    assert attrs["periodic"] == "xy"  # the box is doubly periodic; data.periodic = "auto" reads this
     # 16 rows cannot resolve the default viscosity: the flow runs on 64x128 and is truncated.
     assert (attrs["oversample"], attrs["internal_height"], attrs["internal_width"]) == (4, 64, 128)
     # dt = 1 / ceil(1.0 / dt_max), dt_max = dx / (1.7 U_lam), dx = 2π/64, U_lam = 1 / (0.1 + 0.01·4²)
@@ -262,8 +265,8 @@ def test_oversampled_run_is_truncated_spectrally():
     out = K.simulate_kolmogorov(2, 2, 16, 32, oversample=2, seed=1, spinup_time=3.0, snapshot_interval=1.0)
     u, v, omega = (torch.tensor(out[n], dtype=torch.float64) for n in ("u", "v", "vorticity"))
     assert u.shape == (4, 16, 32)
-    assert float(K.divergence(u, v).abs().max()) < 1e-5 * float(omega.abs().max())
-    assert float((K.curl(u, v) - omega).abs().max()) < 1e-5 * float(omega.abs().max())
+    assert float(S.divergence(u, v).abs().max()) < 1e-5 * float(omega.abs().max())
+    assert float((S.curl(u, v) - omega).abs().max()) < 1e-5 * float(omega.abs().max())
 
 
 @pytest.mark.parametrize(

@@ -218,6 +218,15 @@ def test_make_masks_rejects_bad_coverage() -> None:
         masks.make_masks("random", [0.5, 0.6, 0.7], 2, 8, 8)  # wrong length
 
 
+def test_config_reads_the_one_list_of_families() -> None:
+    import typing
+
+    from fieldpaint.config import MaskFamily
+
+    assert typing.get_args(MaskFamily) == masks.MASK_FAMILIES
+    assert set(masks.PRIORITIES) == set(masks.MASK_FAMILIES)
+
+
 def test_unknown_family_lists_families() -> None:
     with pytest.raises(FieldpaintError) as info:
         masks.make_masks("clouds", 0.5, 1, 8, 8)

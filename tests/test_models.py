@@ -7,6 +7,7 @@ behavioural test uses tiny widths at 16x32 so the file runs in seconds on two CP
 from __future__ import annotations
 
 import math
+import typing
 
 import pytest
 import torch
@@ -60,6 +61,15 @@ def perturb_(model: nn.Module, scale: float = 0.05, seed: int = 1) -> nn.Module:
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * scale)
     return model
+
+
+def test_one_list_of_architectures_for_config_and_registry():
+    from fieldpaint.config.schema import Architecture
+    from fieldpaint.models import registry, structure
+
+    assert typing.get_args(Architecture) == structure.ARCHITECTURES
+    assert set(registry.TRANSFORMERS) == set(structure.TRANSFORMER_ARCHITECTURES)
+    assert set(structure.ARCHITECTURES) == {"unet", *structure.TRANSFORMER_ARCHITECTURES}
 
 
 def test_model_presets_are_the_ones_tested():

@@ -8,18 +8,21 @@ and 64x128 and for a falling loss over a few steps on a fixed batch. Tiny widths
 from __future__ import annotations
 
 import math
+import typing
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fieldpaint.config import load_config
+from fieldpaint.config import AttentionKind, load_config
 from fieldpaint.errors import ConfigError
+from fieldpaint.models import attention
 from fieldpaint.models.attention import (ChannelAttention, SelfAttention, channel_attention,
                                          channel_attention_map, linear_attention, make_attention,
                                          neighborhood_attention, neighborhood_mask)
 from fieldpaint.models.registry import build_model, describe_parameters
+from fieldpaint.models.structure import ATTENTION_KINDS
 from fieldpaint.models.transformers import DiT, UViT, sincos_position_embedding
 
 VARIANT_PRESETS = ["slim_linear_attn", "slim_neighborhood_attn", "slim_channel_attn"]
@@ -153,7 +156,7 @@ def test_channel_attention_block_has_restormer_projections():
 # ------------------------------------------------------------------------ the variants in the UNet
 
 
-@pytest.mark.parametrize("kind", ["mhsa", "linear", "neighborhood", "channel"])
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
 def test_every_variant_keeps_shapes_starts_as_identity_and_trains_in_the_unet(kind):
     torch.manual_seed(0)
     block = make_attention(kind, 16, 4, 4, window=3)
@@ -193,6 +196,15 @@ def test_variant_presets_stay_within_the_slim_budget_and_run_at_64x128(name):
 def test_bad_attention_configs_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config("standard_attn_slim", ['model.attention_levels=["16x32"]', override])
+
+
+def test_one_list_of_attention_kinds_for_config_registry_and_blocks():
+    # models.structure.ATTENTION_KINDS is the one list: the config's Literal is built from it and
+    # make_attention builds every entry.
+    assert typing.get_args(AttentionKind) == ATTENTION_KINDS
+    assert attention.ATTENTION_KINDS is ATTENTION_KINDS
+    for kind in ATTENTION_KINDS:
+        assert isinstance(make_attention(kind, 16, 4, 4, window=3), nn.Module)
 
 
 def test_unknown_attention_kind_is_a_config_error():

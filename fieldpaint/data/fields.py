@@ -29,7 +29,7 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
-from fieldpaint.config import DataConfig
+from fieldpaint.config import MIN_GRID, PERIODICITIES, DataConfig
 from fieldpaint.data.io import SPLIT_VALUES, SPLIT_VARIABLE, open_dataset
 from fieldpaint.errors import DataError
 
@@ -40,7 +40,6 @@ SAMPLE_DIM_NAMES = ("sample", "samples", "time", "t", "member", "ensemble", "rea
                     "number", "init_time", "valid_time", "step", "record", "n", "index")
 Y_DIM_NAMES = ("y", "lat", "latitude", "rows", "row", "nlat", "ny", "yc", "rlat", "south_north")
 X_DIM_NAMES = ("x", "lon", "longitude", "cols", "col", "columns", "nlon", "nx", "xc", "rlon", "west_east")
-MIN_GRID = 8  # smallest H and W: the UNet halves the grid at least three times
 # A spread below float32's resolution (~1e-7 of the values) is rounding, not signal.
 CONSTANT_RTOL = 1e-6
 STATS_CHUNK = 256  # samples per float64 block when accumulating statistics
@@ -229,8 +228,8 @@ def periodic_axes(setting: str, attrs: Mapping[str, Any]) -> tuple[bool, bool]:
     """(periodic along y, along x) from a setting 'none' | 'x' | 'y' | 'xy', or 'auto': the data
     file's `periodic` attribute (the Kolmogorov generator records 'xy'), else not periodic."""
     value = str(attrs.get("periodic", "none")) if setting == "auto" else str(setting)
-    if value not in ("none", "x", "y", "xy", "yx"):
-        raise DataError(f"periodic must be one of auto, none, x, y, xy; got {value!r}")
+    if value not in PERIODICITIES:
+        raise DataError(f"periodic must be one of auto, {', '.join(PERIODICITIES)}; got {value!r}")
     return "y" in value, "x" in value
 
 

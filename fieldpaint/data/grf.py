@@ -243,5 +243,6 @@ def generate_grf(
         "seed": int(seed),
         "channels": int(channels),
         "method": "circulant embedding (Dietrich & Newsam 1997)",
+        "periodic": "none",  # a crop of a larger torus, so it does not wrap around (data.periodic = "auto")
     }
     return data, split, attrs

@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from fieldpaint.errors import FieldpaintError
 
-MASK_FAMILIES = ("random", "stations", "tracks", "boxes", "mixed")
+MASK_FAMILIES = ("random", "stations", "tracks", "boxes", "mixed")  # the one list: masks.family, the CLI read it
 STRUCTURED_FAMILIES = MASK_FAMILIES[:-1]  # what "mixed" chooses among
 
 # Station clusters: Gaussian bumps of this width (fraction of the shorter side) on a faint

@@ -25,6 +25,7 @@ from torch import nn
 
 from fieldpaint.errors import ConfigError
 from fieldpaint.models.layers import group_norm
+from fieldpaint.models.structure import ATTENTION_KINDS  # the one list; make_attention builds each
 
 # attend(q, k, v, (H, W)) -> out; q, k, v, out: (B, heads, N, d) with N = H*W in row-major order.
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
@@ -168,9 +169,6 @@ class ChannelAttention(nn.Module):
         q, k, v = qkv.reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)  # 3 x (B, heads, d, N)
         out = channel_attention(q, k, v, self.temperature).reshape(b, c, h, w)  # (B, C, H, W)
         return x + self.proj(out)
-
-
-ATTENTION_KINDS = ("mhsa", "linear", "neighborhood", "channel")
 
 
 def make_attention(kind: str, channels: int, heads: int, groups: int, window: int = 7) -> nn.Module:

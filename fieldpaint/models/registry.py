@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from fieldpaint.config import Config, attention_kinds, attention_level_indices, validate
 from fieldpaint.errors import ConfigError
+from fieldpaint.models.structure import TRANSFORMER_ARCHITECTURES, attention_kinds, attention_level_indices
 from fieldpaint.models.transformers import DiT, UViT
 from fieldpaint.models.unet import UNet
 
+if TYPE_CHECKING:
+    from fieldpaint.config import Config
+
 TRANSFORMERS: dict[str, type[nn.Module]] = {"dit": DiT, "uvit": UViT}  # model.arch -> class
+assert set(TRANSFORMERS) == set(TRANSFORMER_ARCHITECTURES), "models.structure lists the same backbones"
 TRAIN_SAMPLES = 9180  # training-set size of the notes, for params per sample ("Params/sample")
 
 
 def build_model(config: Config) -> nn.Module:
-    """The backbone `config.model` describes, for len(config.data.variables) channels."""
-    validate(config)
+    """The backbone `config.model` describes, for len(config.data.variables) channels.
+
+    `config` was checked when it was built (including `models.structure.validate_model`)."""
     m = config.model
     if m.arch in TRANSFORMERS:
         return TRANSFORMERS[m.arch](
