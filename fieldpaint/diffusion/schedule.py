@@ -141,14 +141,15 @@ def posterior_mean_variance(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
     """μ̃_t, β̃_t and log β̃_t of q(x_{t-1} | x_t, x_0)  (Ho et al. eqs. 6-7).
 
     β̃_0 = 0, so its log is clipped to log β̃_1 (as in Ho et al.'s and Nichol & Dhariwal's code);
-    the variance itself is returned unclipped. Variances come back as (B, 1, 1, 1).
+    the variance itself is returned unclipped. Variances come back as (B, 1, 1, 1). A one-step
+    chain (T = 1, e.g. a sampler respaced to steps = 1) has no β̃_1: its log variance is log 0 = -inf.
     """
     ac, ac_prev, betas = schedule.alphas_cumprod, schedule.alphas_cumprod_prev, schedule.betas
     coef_x0 = ac_prev.sqrt() * betas / (1 - ac)
     coef_xt = (1 - betas).sqrt() * (1 - ac_prev) / (1 - ac)
     mean = _at(coef_x0, t, xt) * x0 + _at(coef_xt, t, xt) * xt
     var = schedule.posterior_variance
-    log_var = torch.log(torch.cat([var[1:2], var[1:]]))
+    log_var = torch.log(torch.cat([var[1:2], var[1:]]) if var.numel() > 1 else var)
     return mean, _at(var, t, xt), _at(log_var, t, xt)
 
 
