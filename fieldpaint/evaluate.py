@@ -139,15 +139,21 @@ def check_output_folder(out: Path, resume: bool) -> None:
 
 def evaluate(methods: dict[str, Reconstructor], fields: FieldSplit, stats: FieldStats, families: list[str],
              coverages: list[float], out: Path, *, samples: int = 8, seed: int = 0, resume: bool = False,
-             progress: bool = True, references: dict[tuple[str, float], str] | None = None) -> pd.DataFrame:
-    """Score every method on every case; write cases.csv, summary.csv and summary.json into `out`.
+             progress: bool = True, references: dict[tuple[str, float], dict] | None = None) -> pd.DataFrame:
+    """Score every method on every case; write cases.csv, summary.csv, summary.json and, with
+    `references`, reference.json into `out`.
 
-    references: the kriging variant that is the reference of each (family, coverage).
+    references: per (family, coverage), the choice of reference (fieldpaint.reference.choose_references):
+    {"chosen": method name, ...}; its rows are repeated as `kriging`.
     """
     from fieldpaint.summary import crossover, summarize
 
     check_output_folder(out, resume)
     out.mkdir(parents=True, exist_ok=True)
+    if references:
+        write_text_atomic(out / "reference.json", json.dumps(
+            [{"mask": f, "coverage": c, **choice} for (f, c), choice in references.items()], indent=2,
+            default=_json_default) + "\n", overwrite=True)
     cases_path = out / "cases.csv"
     done = pd.read_csv(cases_path) if resume and cases_path.exists() else pd.DataFrame()
     finished = set() if done.empty else {(m, f, round(c, 6)) for m, f, c in
@@ -155,7 +161,7 @@ def evaluate(methods: dict[str, Reconstructor], fields: FieldSplit, stats: Field
     groups = [(f, c) for f in families for c in coverages]
     bar = tqdm(groups, desc="evaluating", unit="group", disable=not progress)
     for family, coverage in bar:
-        reference = (references or {}).get((family, coverage))
+        reference = (references or {}).get((family, coverage), {}).get("chosen")
         todo = {n: m for n, m in methods.items() if (n, family, round(coverage, 6)) not in finished}
         if reference is not None and (REFERENCE, family, round(coverage, 6)) not in finished:
             todo[reference] = methods[reference]  # the reference rows are written with the group
@@ -278,14 +284,10 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
                    for f in families for c in coverages}
     else:
         raise FieldpaintError(f"--reference {reference!r} is not among the evaluated methods: {', '.join(built)}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "reference.json", json.dumps(
-        [{"mask": f, "coverage": c, **choice} for (f, c), choice in choices.items()], indent=2) + "\n",
-        overwrite=True)
     if progress:
         tqdm.write(f"evaluating {', '.join(built)} on {len(fields)} {split} fields x {len(families)} mask "
                    f"families x {len(coverages)} coverages; reference: kriging chosen on {len(validation)} "
                    "training fields")
     evaluate(built, fields, stats, families, coverages, out, samples=samples, seed=seed, resume=resume,
-             progress=progress, references={key: choice["chosen"] for key, choice in choices.items()})
+             progress=progress, references=choices)
     return write_report(out, stats, [run.path for run in runs], dict(header or {}), reference=REFERENCE)

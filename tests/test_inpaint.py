@@ -104,7 +104,9 @@ def test_a_kriging_file_equals_the_kriging_reconstructors_mean(runs, tmp_path):
     run = load_run(runs / "none")
     stats = FieldStats(("a", "b"), run.stats.mean, run.stats.std)
     normalised = np.nan_to_num(stats.normalize(obs.values), nan=0.0)
-    expected = GPReconstructor("per-field").reconstruct(
+    from fieldpaint.reconstruct import KRIGING_DEFAULTS
+
+    expected = GPReconstructor("per-field", **KRIGING_DEFAULTS).reconstruct(
         torch.from_numpy(normalised), torch.from_numpy(obs.mask.astype(np.float32)),
         torch.from_numpy(obs.valid.astype(np.float32)))
     mean = stats.denormalize(expected.mean.double().numpy())
