@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fieldpaint.data import kolmogorov as K
+import harness  # noqa: E402  (also puts the repository on sys.path)
+import numpy as np  # noqa: E402
+
+from fieldpaint.data import kolmogorov as K  # noqa: E402
 
 DEFAULT_TRAIN, DEFAULT_TEST = 9180, 1020
 
@@ -121,9 +124,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: automatic)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"torch {torch.__version__}, {cores} cores ({platform.machine()}), torch threads {torch.get_num_threads()} "
-          f"(the generator uses 1 per process), workers {args.workers or 'automatic'}")
+    print("\n".join(harness.machine_lines("cpu")))
+    print(f"the generator uses 1 torch thread per process; workers {args.workers or 'automatic'}")
     if args.statistics:
         statistics(args.trajectories, args.duration, 0.25, args.height, args.width, args.viscosity, args.workers or 1)
     else:

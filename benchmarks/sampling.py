@@ -24,15 +24,13 @@ field and reports the measured wall time per field (RePaint takes minutes on a C
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402  (also puts the repository on sys.path)
 
 import torch  # noqa: E402
 
@@ -129,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    print("\n".join(harness.machine_lines(str(device))))
     print(f"grid {HEIGHT}x{WIDTH}, fp32, random weights, {args.batch} member(s) per network call, "
           f"{args.repeats} timed evaluations after 1 warm-up")
     header = (f"{'case':9s} {'preset':19s} {'NFE':>5s} {'s/eval':>8s} {'overhead':>9s} {'projected':>10s}"
@@ -156,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             assert measured_nfe == nfe
             line += f" {seconds:9.1f}"
         print(line, flush=True)
-    print(f"load after: {os.getloadavg()[0]:.2f}")
+    print(f"load average after: {harness.load_average()}")
     return 0
 
 

@@ -7,7 +7,7 @@ Two tables:
   attention  one attention block alone (GroupNorm, projections, attention, residual), forward +
              backward, for each kind at 16x32, 32x64 and 64x128 with a 64-wide input and 4 heads.
 
-Memory is the process's peak resident set size (VmHWM, as in benchmarks/train_throughput.py) over
+Memory is the process's peak resident set size (harness.PeakMemory: VmHWM) over
 the warm-up and timed steps minus the RSS before them, divided by the batch: an RSS figure that
 includes the allocator's caching. Each case runs in a fresh process so that one case's peak does
 not hide another's. CPU only; run single-threaded by default (--threads).
@@ -24,7 +24,6 @@ their gradient) exceeds --max-quadratic-gib is skipped and the table says so.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -35,16 +34,14 @@ for path in (ROOT, ROOT / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-import train_throughput  # noqa: E402
-from train_throughput import (_peak_rss_bytes, _reset_peak_rss, _rss_bytes, load_average,  # noqa: E402
-                              machine_lines, mib)
+import harness  # noqa: E402
+from harness import load_average, machine_lines, mib  # noqa: E402
 
 PRESETS = ["standard_attn_slim", "slim_linear_attn", "slim_neighborhood_attn", "slim_channel_attn",
            "uvit_small", "dit_small"]
 KINDS = ["mhsa", "linear", "neighborhood", "channel"]
 RESOLUTIONS = [(16, 32), (32, 64), (64, 128)]
 WIDTH, HEADS, WINDOW = 64, 4, 7
-MARKER = train_throughput.MARKER
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,17 +85,14 @@ def run_case(spec: dict) -> dict:
         model.zero_grad(set_to_none=True)
         return time.perf_counter() - start
 
-    before, reset_ok = _rss_bytes(), _reset_peak_rss()
+    meter = harness.PeakMemory("cpu")
+    meter.start()
     for _ in range(spec["warmup"]):
         step()
     times = [step() for _ in range(spec["steps"])]
-    peak = _peak_rss_bytes(reset_ok) - before
+    peak = meter.rise()
     b = spec["batch"]
     return {**spec, "params": params, "s_per_sample": statistics.median(times) / b, "peak_per_sample": peak / b}
-
-
-def spawn_case(spec: dict, timeout: float) -> dict:
-    return train_throughput.spawn_case(spec, timeout, script=Path(__file__).resolve())
 
 
 def quadratic_gib(kind: str, batch: int, size: tuple[int, int]) -> float:
@@ -143,11 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-quadratic-gib", type=float, default=4.0,
                         help="skip mhsa/neighborhood cases whose N x N estimate exceeds this (GiB)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per case")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        print(MARKER + json.dumps(run_case(json.loads(args.worker))), flush=True)
+    if harness.worker_main(sys.argv[1:] if argv is None else argv, run_case):
         return 0
+    args = parser.parse_args(argv)
     if args.quick:
         args.model_batch, args.attention_batch, args.steps, args.warmup = 2, 1, 2, 1
 
@@ -163,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         if gib > args.max_quadratic_gib:
             results.append({**spec, "skipped": f"skipped: N x N estimate {gib:.1f} GiB > --max-quadratic-gib"})
         else:
-            results.append(spawn_case(spec, args.timeout))
+            results.append(harness.spawn_case(__file__, spec, args.timeout))
         print(f"  done: {spec['table']} {spec['name']} {spec['size']}", file=sys.stderr, flush=True)
     print_tables(results)
     print(f"\nload average after: {load_average()}")

@@ -6,18 +6,27 @@ Layout of `NAME.safetensors`:
               ema.<key>              the EMA shadow (parameters and buffers), if any
               optim.state.<i>.<name> the optimizer's per-parameter tensors (exp_avg, step, ...)
               rng.torch, rng.cuda.0   torch CPU / current CUDA device generator states, uint8
-    metadata  {"fieldpaint_checkpoint": "<one JSON document>"}: format version, step, epoch,
-              config, normalisation stats, metrics, optimizer param groups and non-tensor state,
-              scheduler state (LambdaLR's, lambdas as null), optimizer signature, Python and
-              numpy RNG states, extra, fieldpaint and torch versions.
+    metadata  {"fieldpaint_checkpoint": "<one JSON document>",
+               "fieldpaint_checkpoint_sha256": "<sha256 of that document>"}
+              The document: format version, step, epoch, config, normalisation stats, metrics,
+              optimizer param groups and non-tensor state, scheduler state (LambdaLR's, lambdas
+              as null), optimizer signature, Python and numpy RNG states, extra, fieldpaint and
+              torch versions, and `tensors_sha256`, a digest of every tensor (name, dtype, shape,
+              bytes, in name order).
 
-A single file makes the write atomic: bytes go to `NAME.safetensors.tmp-<pid>` in the same folder,
-are fsynced, then `os.replace`d over the old file, and the folder is fsynced. A crash at any
-point leaves the previous checkpoint whole.
+Loading verifies both digests and refuses non-finite weights, so a flipped bit, NaN bytes or an
+edited metadata value is a CheckpointError naming the file, not a model that silently samples
+NaN. (Format 1 files, written before the digests, load unverified.)
+
+A single file makes the write atomic (fieldpaint.atomic: a hidden temporary in the same folder,
+fsynced, then `os.replace`d over the old file, and the folder fsynced). A crash at any point
+leaves the previous checkpoint whole; `fieldpaint.atomic.remove_stale_temporaries` clears the
+temporary a killed writer left.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -32,10 +41,13 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 import fieldpaint
+from fieldpaint.atomic import write_bytes_atomic
 from fieldpaint.errors import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sha256 digests of the tensors and of the metadata document
 META_KEY = "fieldpaint_checkpoint"
+DIGEST_KEY = "fieldpaint_checkpoint_sha256"
+WEIGHT_PREFIXES = ("model.", "ema.")  # tensors that must be finite
 
 
 @dataclass
@@ -52,7 +64,7 @@ class Checkpoint:
     metrics: dict | None
     rng: dict | None  # as returned by capture_rng_state()
     extra: dict | None
-    optimizer_signature: dict | None = None
+    optimizer_signature: dict | None = None  # optim.optimizer_signature(...) of the run that saved it
     versions: dict = field(default_factory=dict)
 
 
@@ -150,27 +162,22 @@ def _split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every platform can open a directory
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    for name, t in tensors.items():
+        if name.startswith(WEIGHT_PREFIXES) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"checkpoint {where} holds non-finite weights ({bad} of {t.numel()} "
+                                  f"values of {name!r} are NaN or inf)")
 
 
 def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, ema: Any = None,
@@ -194,6 +201,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, ema: Any = Non
     tensors["rng.torch"] = rng["torch"]
     for device, s in enumerate(rng.get("cuda", [])):
         tensors[f"rng.cuda.{device}"] = s
+    _check_finite(tensors, f"to be written to {path}")  # a diverged run never replaces a good file
     # LambdaLR saves its lambdas as None (plain functions are not state), so this is plain JSON.
     scheduler_state = scheduler.state_dict() if scheduler is not None else None
     meta = {
@@ -204,10 +212,12 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, ema: Any = Non
         "has_ema": ema is not None,
         "optimizer": optim_meta, "scheduler": scheduler_state, "optimizer_signature": optimizer_signature,
         "rng": {"python": rng["python"], "numpy": rng["numpy"], "cuda_devices": len(rng.get("cuda", []))},
+        "tensors_sha256": tensors_digest(tensors),
     }
     document = json.dumps(_to_json(meta))
+    header = {META_KEY: document, DIGEST_KEY: hashlib.sha256(document.encode()).hexdigest()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, safetensors_bytes(tensors, metadata={META_KEY: document}))
+    write_bytes_atomic(path, safetensors_bytes(tensors, metadata=header), overwrite=True)
     return path
 
 
@@ -246,6 +256,12 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {version!r}; this fieldpaint "
                               f"({fieldpaint.__version__}) reads up to {FORMAT_VERSION}")
+    if version >= 2:
+        if hashlib.sha256(header[META_KEY].encode()).hexdigest() != header.get(DIGEST_KEY):
+            raise CheckpointError(f"checkpoint {path} is corrupt: its metadata does not match its checksum")
+        if tensors_digest(tensors) != meta.get("tensors_sha256"):
+            raise CheckpointError(f"checkpoint {path} is corrupt: its tensor data does not match its checksum")
+    _check_finite(tensors, str(path))
     return tensors, meta
 
 

@@ -84,32 +84,6 @@ def demo_config(plan: DemoPlan, data_path: Path, preset: str, epochs: int, steps
     return from_dict(values)
 
 
-def seconds_per_step(config: Config, device: torch.device, repeats: int = 3) -> float:
-    """Time a few real training steps of this model (forward, loss, backward, AdamW)."""
-    from fieldpaint.diffusion.loss import diffusion_loss
-    from fieldpaint.diffusion.schedule import make_schedule
-    from fieldpaint.models.registry import build_model
-    from fieldpaint.optim import build_optimizer
-
-    model = build_model(config).to(device)
-    optimizer = build_optimizer(model, config.train)
-    schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps).to(device)
-    c, b = len(config.data.variables), config.train.batch_size
-    x = torch.randn(b, c, config.data.height, config.data.width, device=device)
-    cond = torch.cat([torch.ones_like(x[:, :1]), x], 1) if config.model.conditioning != "none" else None
-    times = []
-    for _ in range(repeats + 1):
-        started = time.perf_counter()
-        loss = diffusion_loss(model, x, torch.ones_like(x[:, :1]), schedule, config.diffusion.prediction, cond=cond)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return sorted(times[1:])[len(times[1:]) // 2]
-
-
 EPOCH_OVERHEAD_S = 1.0  # checkpoints, metrics and progress bars per epoch
 MAX_EPOCHS = 200
 
@@ -133,18 +107,19 @@ def _finished(run_dir: Path) -> bool:
 
 def train_stage(plan: DemoPlan, data_path: Path, run_dir: Path, preset: str, device: torch.device,
                 progress: bool) -> None:
-    from fieldpaint.train import train
+    from fieldpaint.runfolder import prepare_run
+    from fieldpaint.train import time_train_steps, train
 
     if _finished(run_dir):
         tqdm.write(f"[demo] {run_dir} is trained; skipping")
         return
     if (run_dir / "checkpoints" / "last.safetensors").exists():
         tqdm.write(f"[demo] resuming {run_dir}")
-        train(load_config(str(run_dir / "config.yaml")), run_dir, resume=True, progress=progress)
+        train(prepare_run(resume=run_dir).config, run_dir, resume=True, progress=progress)
         return
     steps_per_epoch = max(1, plan.n_train // plan.batch_size)
     probe = demo_config(plan, data_path, preset, 10, steps_per_epoch, str(device))
-    step = seconds_per_step(probe, device)
+    step = time_train_steps(probe, device)
     eval_batches = math.ceil(plan.n_test / 64) + math.ceil(min(256, plan.n_test) / 64)
     epochs = epochs_for_budget(plan.minutes_per_model * 60, step, steps_per_epoch, eval_batches)
     config = demo_config(plan, data_path, preset, epochs, steps_per_epoch, str(device))

@@ -3,7 +3,8 @@
 The notes' "big model regression": a checkpoint trained with Adam (weight_decay 0, constant LR)
 was resumed with AdamW and a cosine schedule; Adam's moment buffers were loaded into AdamW and the
 schedule was fast-forwarded, and the converged weights got worse (test loss 0.010 -> 0.014). So a
-checkpoint records `optimizer_signature(...)`, and `resume_optimizer` loads optimizer and scheduler
+checkpoint records `optimizer_signature(...)` (`Checkpoint.optimizer_signature`), and
+`resume_optimizer`, the one resume rule (fieldpaint.train calls it), loads optimizer and scheduler
 state only when nothing in it changed; otherwise both start fresh and a warning names the changes.
 """
 

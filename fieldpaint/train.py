@@ -1,42 +1,68 @@
 """The training loop: the notes' recipe (AdamW, cosine LR with warmup, EMA with warmup, full
 evaluation with the EMA weights every epoch), safe checkpoints, exact resume, and DDP.
 
-`train(config, run_dir)` is one function in commented phases; construction, the loss, the
-evaluation and checkpointing are called, not inlined. Randomness is derived from
-(seed, step) and (seed, epoch), not from a running generator, so a resumed run draws the same
+`train(config, run_dir)` is one function in commented phases; construction, the step
+(`train_step`), the evaluation and checkpointing are called, not inlined. Randomness is derived
+from (seed, step) and (seed, epoch), not from a running generator, so a resumed run draws the same
 timesteps, noise, masks and batch order as an uninterrupted one, and the global batch is the
 same whatever the number of DDP processes.
+
+A run folder survives a kill at any point:
+
+- everything that can fail (data, model, checkpoint fit, optimizer) is checked before the folder
+  is created or touched;
+- a new run writes `config.yaml` and `run.json` (atomically) before its first step, so a folder
+  killed before its first checkpoint holds only a config: `--resume` starts it from scratch with
+  that config, and a new run may restart in it (`prepare_run`);
+- a resumed run rewrites `config.yaml` only after its first new checkpoint, and continues the
+  config its last checkpoint was trained with (plus `--set` overrides);
+- each epoch writes, in this order, its metrics row, `best` (if it improved) and `last`. `last`
+  is the commit point: a kill before it is redone exactly by `--resume` (which drops later
+  metrics rows, a torn final line included); `best` is never older than what `last` names, and
+  a resume repairs it from `last` should it be.
+- a non-finite loss stops the run (TrainingDiverged) before anything of that epoch is written.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
+import statistics
 import time
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from fieldpaint import __version__
-from fieldpaint.checkpoint import (check_compatible, load_checkpoint, resolve_checkpoint,
-                                   restore_rng_state, save_checkpoint)
-from fieldpaint.config import Config, dump_yaml, to_dict
+from fieldpaint.checkpoint import (Checkpoint, check_compatible, load_checkpoint, resolve_checkpoint,
+                                   restore_rng_state, save_checkpoint, unwrap_model)
+from fieldpaint.config import Config, to_dict
 from fieldpaint.data.fields import FieldSplit, FieldStats, load_splits
+from fieldpaint.diffusion.conditioning import conditioning_input, draw_training_masks
 from fieldpaint.diffusion.loss import diffusion_loss
 from fieldpaint.diffusion.schedule import make_schedule
 from fieldpaint.ema import EMA, ema_decay_at
-from fieldpaint.errors import ConfigError
-from fieldpaint.diffusion.conditioning import conditioning_input, draw_training_masks
+from fieldpaint.errors import ConfigError, FieldpaintError
 from fieldpaint.models.registry import build_model, count_parameters
-from fieldpaint.optim import build_optimizer, build_scheduler, optimizer_signature, signature_changes
+from fieldpaint.optim import build_optimizer, build_scheduler, optimizer_signature, resume_optimizer
+from fieldpaint.runfolder import (RunPlan, check_run_folder, last_checkpoint, open_run_folder,  # noqa: F401
+                                  prepare_run, recorded_init_from, write_run_header)  # RunPlan, prepare_run: re-exported
 from fieldpaint.runlog import MetricsLog
 from fieldpaint.runtime import Runtime, all_reduce_mean, seed_everything, set_deterministic, setup_runtime, teardown_runtime
 
 EVAL_BATCH = 64
+
+
+class TrainingDiverged(FieldpaintError):
+    """The training or test loss became NaN or inf; the last finite checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------------------------
+# batches, the step, evaluation
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -64,20 +90,62 @@ def make_batch(data: FieldSplit, index: torch.Tensor, config: Config, seed: int,
     return {k: None if v is None else v[share].to(runtime.device) for k, v in batch.items()}
 
 
+def autocast(config: Config, device: torch.device):
+    """bf16 autocast of the forward pass and loss when train.precision is bf16."""
+    if config.train.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(net: torch.nn.Module, batch: dict, *, optimizer: torch.optim.Optimizer, scheduler, ema: EMA | None,
+               schedule, config: Config, step: int) -> torch.Tensor:
+    """One optimizer step on `batch` (a `make_batch` dict): forward and loss under `autocast`,
+    backward, gradient clipping at train.grad_clip, optimizer step, LR-scheduler step, and the EMA
+    update of 0-based `step` (the first update copies the weights). `scheduler` and `ema` may be None.
+
+    `net` runs the forward pass (the model, or its DDP / torch.compile wrapper); clipping and the
+    EMA act on the bare model under it. Returns the loss detached, on the device: reading it
+    (float) would wait for the step, so callers add it up there.
+    """
+    model = unwrap_model(net)
+    with autocast(config, batch["x0"].device):
+        loss = diffusion_loss(net, batch["x0"], batch["valid"], schedule, config.diffusion.prediction,
+                              cond=batch["cond"], t=batch["t"], noise=batch["noise"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    if ema is not None:
+        ema.update(model, step)
+    return loss.detach()
+
+
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    # float64 sums of float32 losses equal the former Python-float sums; MPS has no float64.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, data: FieldSplit, config: Config, schedule, device: torch.device,
                   seed: int = 12345) -> float:
     """Denoising loss over a whole split with fixed timesteps, noise and masks, so epochs compare."""
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=_sum_dtype(device), device=device), 0
     for chunk, start in enumerate(range(0, len(data.x), EVAL_BATCH)):
         index = torch.arange(start, min(start + EVAL_BATCH, len(data.x)))
         batch = make_batch(data, index, config, seed, chunk, Runtime(device))
         loss = diffusion_loss(model, batch["x0"], batch["valid"], schedule, config.diffusion.prediction,
                               cond=batch["cond"], t=batch["t"], noise=batch["noise"])
-        total += float(loss) * len(index)
+        total += loss.to(total.dtype) * len(index)
         count += len(index)
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# construction
 
 
 def load_training_data(config: Config, stats: FieldStats | None = None) -> tuple[FieldSplit, FieldSplit, FieldStats]:
@@ -90,43 +158,43 @@ def load_training_data(config: Config, stats: FieldStats | None = None) -> tuple
     return (train_set.fields(), test_set.fields(), train_set.stats)
 
 
-def write_run_header(run_dir: Path, config: Config, model: torch.nn.Module, n_train: int, runtime: Runtime) -> dict:
-    total, trainable = count_parameters(model)
-    info = {"fieldpaint": __version__, "torch": torch.__version__, "device": str(runtime.device),
-            "world_size": runtime.world_size, "parameters": total, "trainable_parameters": trainable,
-            "train_samples": n_train, "params_per_sample": trainable / max(n_train, 1)}
-    (run_dir / "config.yaml").write_text(dump_yaml(config))
-    (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-    return info
+def build_training_model(config: Config, device: torch.device, model: torch.nn.Module | None = None) -> torch.nn.Module:
+    """`config`'s model (or `model`) on `device`, in channels_last when train.channels_last."""
+    model = (build_model(config) if model is None else model).to(device)
+    return model.to(memory_format=torch.channels_last) if config.train.channels_last else model
 
 
-def resume_decision(ckpt, t, steps_per_epoch: int, reset_optimizer: bool) -> tuple[int, bool]:
-    """(schedule offset, fresh optimizer?) for a resumed run.
+def build_optimization(model: torch.nn.Module, config: Config, steps_per_epoch: int, offset: int = 0):
+    """(optimizer, LR scheduler, optimizer signature); the schedule runs from epoch `offset` to the end."""
+    t = config.train
+    try:
+        optimizer = build_optimizer(model, t)
+    except ValueError as err:  # torch's own checks of lr, betas, ...
+        raise ConfigError(f"config section 'train': the optimizer cannot be built: {err}") from None
+    epochs = max(1, t.epochs - offset)
+    return (optimizer, build_scheduler(optimizer, t, steps_per_epoch, epochs=epochs),
+            optimizer_signature(t, steps_per_epoch, epochs=epochs))
 
-    The notes' regression (Adam state loaded into AdamW, a cosine schedule fast-forwarded over a
-    constant-LR history) must be impossible: when any optimizer or LR setting differs from the
-    checkpoint's, only the weights load, and the optimizer and LR schedule start fresh here.
-    """
-    offset = int(ckpt.extra.get("schedule_offset", 0))
-    now = optimizer_signature(t, steps_per_epoch, epochs=max(1, t.epochs - offset))
-    changes = signature_changes(ckpt.extra.get("optimizer_signature", {}), now)
+
+def _resumed_optimization(model, config: Config, steps_per_epoch: int, ckpt: Checkpoint | None, reset: bool):
+    """(optimizer, scheduler, signature, schedule offset). Saved state loads only when nothing in
+    the optimizer signature changed (`optim.resume_optimizer`, the one resume rule); otherwise, or
+    with `reset`, the optimizer is fresh and the LR schedule restarts over the epochs that remain."""
+    offset = int((ckpt.extra or {}).get("schedule_offset", 0)) if ckpt is not None else 0
+    optimizer, scheduler, signature = build_optimization(model, config, steps_per_epoch, offset)
+    if ckpt is None:
+        return optimizer, scheduler, signature, offset
+    changes = ["--reset-optimizer"] if reset else resume_optimizer(
+        optimizer, scheduler, saved_signature=ckpt.optimizer_signature, signature=signature,
+        optimizer_state=ckpt.optimizer_state, scheduler_state=ckpt.scheduler_state)
     if changes:
-        warnings.warn("optimizer/LR settings changed since the checkpoint (" + "; ".join(changes) +
-                      "): loading weights only; the optimizer and LR schedule start fresh", stacklevel=3)
-    if changes or reset_optimizer:
-        return ckpt.epoch, True
-    return offset, False
+        optimizer, scheduler, signature = build_optimization(model, config, steps_per_epoch, ckpt.epoch)
+        offset = ckpt.epoch
+    return optimizer, scheduler, signature, offset
 
 
-def _autocast(config: Config, device: torch.device):
-    if config.train.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+# ----------------------------------------------------------------------------------------------
+# the run folder
 
 
 def _say(runtime: Runtime, text: str) -> None:
@@ -134,28 +202,43 @@ def _say(runtime: Runtime, text: str) -> None:
         tqdm.write(text)
 
 
+def _check_finite(value: float, what: str, epoch: int, run_dir: Path) -> None:
+    if not math.isfinite(value):
+        kept = f"{last_checkpoint(run_dir)} is kept" if last_checkpoint(run_dir).is_file() else "no checkpoint was written"
+        raise TrainingDiverged(f"training diverged: the {what} is {value} in epoch {epoch}; {kept} "
+                               "(lower train.lr, or check the data for extreme values)")
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_optimizer: bool = False,
           init_from: str | Path | None = None, progress: bool = True, stop_after_epoch: int | None = None) -> dict:
     """Train `config` into `run_dir`; returns the last epoch's metrics.
 
     resume: continue from run_dir's `last` checkpoint (exactly, when the optimizer and LR settings
-    are unchanged; otherwise weights only, with a warning, as the notes' lesson demands).
-    reset_optimizer: on resume, always start the optimizer and LR schedule fresh.
-    init_from: start a new run from a checkpoint's weights (the notes' retrain mode).
-    stop_after_epoch: end after this epoch as if killed (for tests of resume).
+    are unchanged; otherwise weights only, with a warning, as the notes' lesson demands); a folder
+    with a config but no checkpoint starts from scratch. reset_optimizer: on resume, always start
+    the optimizer and LR schedule fresh. init_from: start a new run from a checkpoint's weights
+    (the notes' retrain mode). stop_after_epoch: end after this epoch as if killed (for tests).
     """
     run_dir = Path(run_dir)
     t = config.train
-    # -- setup: process group, device, seeds -------------------------------------------------
+    # -- 1. setup: process group, device, seeds; the run folder is only read -------------------
     runtime = setup_runtime(t.device)
     if t.batch_size % runtime.world_size:
         raise ConfigError(f"config key 'train.batch_size': {t.batch_size} is not divisible by "
                           f"{runtime.world_size} processes")
+    check_run_folder(run_dir, resume)
     set_deterministic(t.deterministic)
     seed_everything(t.seed)
-    ckpt = load_checkpoint(resolve_checkpoint(run_dir)) if resume else None
+    ckpt = load_checkpoint(last_checkpoint(run_dir)) if resume and last_checkpoint(run_dir).is_file() else None
+    if resume and ckpt is None and init_from is None:
+        init_from = recorded_init_from(run_dir)  # a run killed before its first checkpoint
+    source = ckpt if ckpt is not None else load_checkpoint(resolve_checkpoint(init_from)) if init_from else None
 
-    # -- data, model, EMA, optimizer, schedule --------------------------------------------------
+    # -- 2. data, model, EMA, optimizer, schedule: whatever can fail fails here, before any write
     stats = FieldStats.from_dict(ckpt.stats) if ckpt is not None and ckpt.stats else None
     train_data, test_data, stats = load_training_data(config, stats)
     eval_train = train_data.first(t.eval_train_samples)  # a fixed train subset scored every epoch
@@ -163,103 +246,149 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_op
     batch_size = min(t.batch_size, n_train - n_train % runtime.world_size)
     steps_per_epoch = max(1, n_train // batch_size)
     schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps).to(runtime.device)
-    model = build_model(config).to(runtime.device)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if runtime.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        info = write_run_header(run_dir, config, model, n_train, runtime)
-        _say(runtime, f"{config.name}: {info['trainable_parameters'] / 1e6:.2f}M trainable parameters, "
-                      f"{info['params_per_sample']:.0f} per training sample; {n_train} train / "
-                      f"{len(test_data.x)} test samples; {steps_per_epoch} steps per epoch on {runtime.device}")
-    start_epoch, step, best, offset, fresh_optimizer = 0, 0, (math.inf, -1), 0, True
-    if ckpt is not None:
-        check_compatible(ckpt, model)
-        model.load_state_dict(ckpt.model_state)
-        start_epoch, step = ckpt.epoch, ckpt.step
-        best = tuple(ckpt.extra.get("best", (math.inf, -1)))
-        offset, fresh_optimizer = resume_decision(ckpt, t, steps_per_epoch, reset_optimizer)
-    elif init_from is not None:
-        source = load_checkpoint(resolve_checkpoint(init_from))
+    model = build_training_model(config, runtime.device)
+    if source is not None:
         check_compatible(source, model)
         model.load_state_dict(source.model_state)
     ema = EMA(model, t.ema_decay, t.ema_warmup_steps)
     if ckpt is not None and ckpt.ema_state:
         ema.load_state_dict(ckpt.ema_state)
-    optimizer = build_optimizer(model, t)
-    # The LR schedule runs from epoch `offset` (0, or where a fresh optimizer started) to the end.
-    schedule_epochs = max(1, t.epochs - offset)
-    scheduler = build_scheduler(optimizer, t, steps_per_epoch, epochs=schedule_epochs)
-    signature = optimizer_signature(t, steps_per_epoch, epochs=schedule_epochs)
-    if ckpt is not None and not fresh_optimizer:
-        optimizer.load_state_dict(ckpt.optimizer_state)
-        scheduler.load_state_dict(ckpt.scheduler_state)
+    start_epoch, step, best = 0, 0, (math.inf, -1)
+    if ckpt is not None:
+        start_epoch, step = ckpt.epoch, ckpt.step
+        best = tuple((ckpt.extra or {}).get("best", best))
+    optimizer, scheduler, signature, offset = _resumed_optimization(model, config, steps_per_epoch, ckpt, reset_optimizer)
+    if ckpt is not None and ckpt.rng is not None:
         restore_rng_state(ckpt.rng)
     net = torch.compile(model) if t.compile else model
     if runtime.distributed:
         net = DistributedDataParallel(net, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    log = MetricsLog(run_dir, resume_after_epoch=start_epoch if ckpt else None) if runtime.is_main else None
 
-    # -- the epochs -------------------------------------------------------------------------------
+    # -- 3. the run folder: created, tidied, config written (new runs) or best repaired (resumed)
+    total, trainable = count_parameters(model)
+    info = {"fieldpaint": __version__, "torch": torch.__version__, "device": str(runtime.device),
+            "world_size": runtime.world_size, "parameters": total, "trainable_parameters": trainable,
+            "train_samples": n_train, "params_per_sample": trainable / max(n_train, 1),
+            "init_from": None if init_from is None else str(init_from)}
+    header_pending, log = False, None
+    if runtime.is_main:
+        header_pending = open_run_folder(run_dir, config, info, ckpt)
+        log = MetricsLog(run_dir, resume_after_epoch=start_epoch if ckpt else None)
+        _say(runtime, f"{config.name}: {trainable / 1e6:.2f}M trainable parameters, "
+                      f"{info['params_per_sample']:.0f} per training sample; {n_train} train / "
+                      f"{len(test_data.x)} test samples; {steps_per_epoch} steps per epoch on {runtime.device}")
+
+    # -- 4. the epochs ------------------------------------------------------------------------
     row: dict = {}
-    for epoch in range(start_epoch, t.epochs):
-        net.train()
-        started, running = time.perf_counter(), 0.0
-        order = epoch_order(n_train, t.seed, epoch)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
-                   disable=not (progress and runtime.is_main))
-        for i in bar:
-            # one optimizer step on the global batch (this rank's share of it)
-            batch = make_batch(train_data, order[i * batch_size:(i + 1) * batch_size], config, t.seed, step, runtime)
-            with _autocast(config, runtime.device):
-                loss = diffusion_loss(net, batch["x0"], batch["valid"], schedule, config.diffusion.prediction,
-                                      cond=batch["cond"], t=batch["t"], noise=batch["noise"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            ema.update(model, step)  # 0-based: the first update copies the weights
-            step += 1
-            running += float(all_reduce_mean(loss.detach(), runtime))  # the global batch's loss
-            bar.set_postfix(loss=f"{running / (i + 1):.4f}",
-                            samples_s=f"{(i + 1) * batch_size / (time.perf_counter() - started):.1f}")
-        seconds = time.perf_counter() - started
-        epoch_loss = running / steps_per_epoch
+    try:
+        for epoch in range(start_epoch, t.epochs):
+            net.train()
+            started = time.perf_counter()
+            running = torch.zeros((), dtype=_sum_dtype(runtime.device), device=runtime.device)
+            order = epoch_order(n_train, t.seed, epoch)
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
+                       disable=not (progress and runtime.is_main))
+            for i in bar:  # one optimizer step on the global batch (this rank's share of it)
+                batch = make_batch(train_data, order[i * batch_size:(i + 1) * batch_size], config, t.seed, step, runtime)
+                running += train_step(net, batch, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                                      schedule=schedule, config=config, step=step).to(running.dtype)
+                step += 1
+            # the epoch's one host sync: the global batch's mean loss, averaged over the epoch
+            epoch_loss = float(all_reduce_mean(running, runtime)) / steps_per_epoch
+            seconds = time.perf_counter() - started
+            _check_finite(epoch_loss, "training loss", epoch + 1, run_dir)
 
-        # evaluation with the EMA weights, checkpoints (rank 0)
-        if runtime.is_main:
-            with ema.swapped_in(model):
-                test_loss = evaluate_loss(model, test_data, config, schedule, runtime.device)
-                train_loss = evaluate_loss(model, eval_train, config, schedule, runtime.device)
-            improved = test_loss < best[0]
-            if improved:
-                best = (test_loss, epoch + 1)
-            row = {"epoch": epoch + 1, "step": step, "epoch_loss": epoch_loss, "train_loss": train_loss,
-                   "test_loss": test_loss, "lr": optimizer.param_groups[0]["lr"],
-                   "ema_decay": ema_decay_at(step - 1, t.ema_decay, t.ema_warmup_steps),
-                   "best_test_loss": best[0], "best_epoch": best[1], "epochs_since_best": epoch + 1 - best[1],
-                   "overfitting": epoch + 1 - best[1] >= t.overfit_patience, "seconds": seconds,
-                   "samples_per_s": steps_per_epoch * batch_size / seconds}
-            log.log(row)
-            _say(runtime, f"epoch {epoch + 1:>3}  epoch_loss {epoch_loss:.4f}  train {train_loss:.4f}  "
-                          f"test {test_loss:.4f}  lr {row['lr']:.2e}  ema {row['ema_decay']:.4f}  {seconds:.1f}s")
-            if row["overfitting"]:
-                _say(runtime, f"  test loss has not improved for {row['epochs_since_best']} epochs "
-                              f"(best {best[0]:.4f} at epoch {best[1]}): the model may be overfitting")
-            state = dict(model=_unwrap(model), ema=ema, optimizer=optimizer, scheduler=scheduler, step=step,
-                         epoch=epoch + 1, config=to_dict(config), stats=stats.to_dict(), metrics=row,
-                         extra={"best": list(best), "optimizer_signature": signature,
-                                "schedule_offset": offset})
-            save_checkpoint(run_dir / "checkpoints" / "last.safetensors", **state)
-            if improved:
-                save_checkpoint(run_dir / "checkpoints" / "best.safetensors", **state)
-        if runtime.distributed:
-            torch.distributed.barrier()
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            break
-    if log is not None:
-        log.close()
-    teardown_runtime(runtime)
+            # -- 5. evaluation with the EMA weights; metrics row, then best, then last (rank 0)
+            if runtime.is_main:
+                with ema.swapped_in(model):
+                    test_loss = evaluate_loss(model, test_data, config, schedule, runtime.device)
+                    train_loss = evaluate_loss(model, eval_train, config, schedule, runtime.device)
+                _check_finite(test_loss, "test loss", epoch + 1, run_dir)
+                improved = test_loss < best[0]
+                if improved:
+                    best = (test_loss, epoch + 1)
+                row = {"epoch": epoch + 1, "step": step, "epoch_loss": epoch_loss, "train_loss": train_loss,
+                       "test_loss": test_loss, "lr": optimizer.param_groups[0]["lr"],
+                       "ema_decay": ema_decay_at(step - 1, t.ema_decay, t.ema_warmup_steps),
+                       "best_test_loss": best[0], "best_epoch": best[1], "epochs_since_best": epoch + 1 - best[1],
+                       "overfitting": epoch + 1 - best[1] >= t.overfit_patience, "seconds": seconds,
+                       "samples_per_s": steps_per_epoch * batch_size / seconds}
+                log.log(row)
+                _say(runtime, f"epoch {epoch + 1:>3}  epoch_loss {epoch_loss:.4f}  train {train_loss:.4f}  "
+                              f"test {test_loss:.4f}  lr {row['lr']:.2e}  ema {row['ema_decay']:.4f}  {seconds:.1f}s")
+                if row["overfitting"]:
+                    _say(runtime, f"  test loss has not improved for {row['epochs_since_best']} epochs "
+                                  f"(best {best[0]:.4f} at epoch {best[1]}): the model may be overfitting")
+                state = dict(model=model, ema=ema, optimizer=optimizer, scheduler=scheduler, step=step,
+                             epoch=epoch + 1, config=to_dict(config), stats=stats.to_dict(), metrics=row,
+                             optimizer_signature=signature, extra={"best": list(best), "schedule_offset": offset})
+                if improved:
+                    save_checkpoint(run_dir / "checkpoints" / "best.safetensors", **state)
+                save_checkpoint(last_checkpoint(run_dir), **state)  # the commit point of the epoch
+                if header_pending:  # a resumed run's config goes beside its first new checkpoint
+                    write_run_header(run_dir, config, info)
+                    header_pending = False
+            if runtime.distributed:
+                torch.distributed.barrier()
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+                break
+    finally:
+        if log is not None:
+            log.close()
+        teardown_runtime(runtime)
     return row
+
+
+# ----------------------------------------------------------------------------------------------
+# timing real steps (the demo's budget, benchmarks/train_throughput.py)
+
+
+def synthetic_split(config: Config, n: int, seed: int = 0) -> FieldSplit:
+    """n random N(0, 1) fields of config's grid and channels, with a never-valid corner (land)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = config.data.height, config.data.width
+    valid = torch.ones(n, 1, h, w)
+    valid[:, :, : h // 4, : w // 4] = 0
+    x = torch.randn(n, len(config.data.variables), h, w, generator=g) * valid
+    return FieldSplit(x, valid, np.arange(n))
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def train_step_times(config: Config, device: torch.device, steps: int, *, warmup: int = 1,
+                     model: torch.nn.Module | None = None,
+                     before_first_step: Callable[[], None] | None = None) -> list[float]:
+    """Wall seconds of `steps` training-loop steps (make_batch + train_step on train.batch_size
+    synthetic fields of config's grid) after `warmup` untimed ones, with the real model (or
+    `model`), optimizer, LR scheduler and EMA. `before_first_step` runs once everything is built
+    (e.g. to reset a peak-memory counter)."""
+    torch.manual_seed(config.train.seed)
+    device = torch.device(device)
+    model = build_training_model(config, device, model).train()
+    optimizer, scheduler, _ = build_optimization(model, config, steps + warmup)
+    ema = EMA(model, config.train.ema_decay, config.train.ema_warmup_steps)
+    schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps).to(device)
+    data, runtime = synthetic_split(config, config.train.batch_size), Runtime(device)
+    index = torch.arange(config.train.batch_size)
+    if before_first_step is not None:
+        before_first_step()
+    times = []
+    for step in range(warmup + steps):
+        _synchronize(device)
+        started = time.perf_counter()
+        batch = make_batch(data, index, config, config.train.seed, step, runtime)
+        train_step(model, batch, optimizer=optimizer, scheduler=scheduler, ema=ema, schedule=schedule,
+                   config=config, step=step)
+        _synchronize(device)
+        times.append(time.perf_counter() - started)
+    return times[warmup:]
+
+
+def time_train_steps(config: Config, device: torch.device, repeats: int = 3) -> float:
+    """Median seconds per training step of `config` on `device` (1 warm-up + `repeats` timed)."""
+    return statistics.median(train_step_times(config, device, repeats))

@@ -130,7 +130,7 @@ def test_file_is_safetensors_plus_json(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["fieldpaint_checkpoint"])
         keys = set(f.keys())
-    assert meta["step"] == 7 and meta["epoch"] == 2 and meta["format_version"] == 1
+    assert meta["step"] == 7 and meta["epoch"] == 2 and meta["format_version"] == 2
     assert meta["config"] == {"model": {"channels": [8]}} and meta["stats"] == {"std": [1.5, 2.0]}
     assert {k.split(".")[0] for k in keys} == {"model", "ema", "rng"}
     assert {f"model.{k}" for k in model.state_dict()} <= keys

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from fieldpaint.checkpoint import load_checkpoint
 from fieldpaint.cli import main
-from fieldpaint.config import from_dict, to_dict
+from fieldpaint.config import dump_yaml, from_dict, to_dict
 from fieldpaint.data.grf import sample_matern_grf
 from fieldpaint.data.io import write_dataset
 from fieldpaint.runlog import read_metrics
@@ -50,7 +50,9 @@ def test_tiny_run_learns_and_writes_its_folder(tiny_data, tmp_path):
     row = train(config, tmp_path / "run", progress=False)
     rows = read_metrics(tmp_path / "run")
     assert [r["epoch"] for r in rows] == list(range(1, 9))
-    assert row["test_loss"] < 0.7 * rows[0]["test_loss"]
+    # Measured (torch 2.13 CPU, this seed): the test loss falls from 0.934 to 0.722 (x0.77) over 8 epochs,
+    # also at the commit this test was written against; a model that does not learn stays near x1.
+    assert row["test_loss"] < 0.85 * rows[0]["test_loss"]
     for name in ("config.yaml", "run.json", "metrics.csv", "checkpoints/last.safetensors", "checkpoints/best.safetensors"):
         assert (tmp_path / "run" / name).exists(), name
     info = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -192,9 +194,103 @@ def test_ddp_two_processes_match_one_process(tiny_data, tmp_path):
         assert b["epoch_loss"] == pytest.approx(a["epoch_loss"], rel=1e-3)
 
 
-def test_bf16_autocast_and_channels_last_train(tiny_data, tmp_path):
-    config = tiny_config(tiny_data, epochs=2, precision="bf16", channels_last=True, deterministic=False)
-    row = train(config, tmp_path / "run", progress=False)
-    assert math.isfinite(row["test_loss"]) and row["test_loss"] < 1.5
-    ckpt = final_weights(tmp_path / "run")
+def _curves(run_dir):
+    return np.array([[r["epoch_loss"], r["test_loss"]] for r in read_metrics(run_dir)])
+
+
+# Measured on the 2-core CPU machine (torch 2.x), 4 epochs of this tiny run, seeds 0 and 3-6: the
+# largest relative difference between the bf16 (autocast + channels_last) and fp32 curves of epoch
+# and test loss was 1.5e-4 to 5.5e-4 (2.0e-4 at seed 0); fp32 + channels_last alone differs by
+# <= 2.2e-7; fp16 autocast in place of bf16 differs by 2.6e-3 to 4.5e-3; another seed by 4e-2.
+# So the bf16 curves must lie within 1e-3 of fp32 (5x the seed-0 difference) and differ by more
+# than 1e-5 (autocast really ran: 45x above channels_last's rounding).
+BF16_REL_TOL, BF16_MIN_REL = 1e-3, 1e-5
+
+
+def test_bf16_autocast_and_channels_last_follow_the_fp32_curves(tiny_data, tmp_path):
+    fp32 = tiny_config(tiny_data, epochs=4)
+    bf16 = tiny_config(tiny_data, epochs=4, precision="bf16", channels_last=True)
+    train(fp32, tmp_path / "fp32", progress=False)
+    train(bf16, tmp_path / "bf16", progress=False)
+    a, b = _curves(tmp_path / "fp32"), _curves(tmp_path / "bf16")
+    rel = float(np.abs(b / a - 1).max())
+    assert BF16_MIN_REL < rel < BF16_REL_TOL, rel
+    ckpt = final_weights(tmp_path / "bf16")
     assert all(v.dtype == torch.float32 for v in ckpt.model_state.values() if v.is_floating_point())
+
+
+def test_time_train_steps_times_real_steps(tiny_data, monkeypatch):
+    import fieldpaint.train as T
+
+    calls = []
+    real = T.train_step
+    monkeypatch.setattr(T, "train_step", lambda *a, **k: calls.append(k["step"]) or real(*a, **k))
+    seconds = T.time_train_steps(tiny_config(tiny_data), torch.device("cpu"), repeats=2)
+    assert seconds > 0 and calls == [0, 1, 2]  # one warm-up + 2 timed steps, each a real train_step
+
+
+def test_prepare_run_decides_new_resume_and_restart(tiny_data, tmp_path):
+    from fieldpaint.errors import FieldpaintError
+    from fieldpaint.train import prepare_run
+
+    config = tiny_config(tiny_data, epochs=1)
+    (tmp_path / "c.yaml").write_text(dump_yaml(config))
+    plan = prepare_run(config=str(tmp_path / "c.yaml"), run_dir=tmp_path / "run")
+    assert not plan.resume and not (tmp_path / "run").exists()  # deciding writes nothing
+    with pytest.raises(FieldpaintError, match="nothing to resume"):
+        prepare_run(resume=tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(dump_yaml(config))  # killed before its first checkpoint
+    assert prepare_run(resume=tmp_path / "run").resume  # resumes (from scratch) ...
+    assert not prepare_run(config=str(tmp_path / "c.yaml"), run_dir=tmp_path / "run").resume  # ... or restarts
+    plan = prepare_run(resume=tmp_path / "run", overrides=["train.epochs=2"])
+    train(plan.config, plan.run_dir, resume=True, progress=False)
+    assert final_weights(tmp_path / "run").epoch == 2
+    with pytest.raises(FieldpaintError, match="already holds a run"):
+        prepare_run(config=str(tmp_path / "c.yaml"), run_dir=tmp_path / "run")
+    with pytest.raises(FieldpaintError, match="only one"):
+        prepare_run(resume=tmp_path / "run", init_from=tmp_path / "run")
+
+
+def _files(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_failed_starts_leave_no_trace(tiny_data, tmp_path, monkeypatch):
+    """Bad input fails before the run folder is created or touched, so a corrected rerun works."""
+    from fieldpaint.errors import CheckpointError, ConfigError
+    from fieldpaint.train import prepare_run
+
+    config = tiny_config(tiny_data, epochs=1)
+    train(config, tmp_path / "first", progress=False)
+    other = from_dict({**to_dict(config), "model": {**to_dict(config)["model"], "channels": [8, 24]}})
+    with pytest.raises(CheckpointError, match="does not fit"):  # --init-from another architecture
+        train(other, tmp_path / "second", init_from=tmp_path / "first", progress=False)
+    assert not (tmp_path / "second").exists()
+
+    def bad_optimizer(model, cfg):  # torch's own check, e.g. of a learning rate config validation missed
+        raise ValueError("Invalid learning rate: -1.0")
+
+    with monkeypatch.context() as m:
+        m.setattr("fieldpaint.train.build_optimizer", bad_optimizer)
+        with pytest.raises(ConfigError, match="optimizer"):
+            train(config, tmp_path / "third", progress=False)
+    assert not (tmp_path / "third").exists()
+
+    before = _files(tmp_path / "first")  # --resume --set model.channels=...: refused, nothing rewritten
+    plan = prepare_run(resume=tmp_path / "first", overrides=["model.channels=[8, 24]", "train.epochs=2"])
+    with pytest.raises(CheckpointError, match="does not fit"):
+        train(plan.config, plan.run_dir, resume=True, progress=False)
+    assert _files(tmp_path / "first") == before
+    train(config, tmp_path / "second", init_from=tmp_path / "first", progress=False)  # the corrected rerun
+
+
+def test_resume_drops_a_torn_metrics_line(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, epochs=2)
+    train(config, tmp_path / "run", progress=False, stop_after_epoch=1)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "step": 8, "epoch_l')  # a kill during the append of epoch 2
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1]
+    train(config, tmp_path / "run", progress=False, resume=True)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 3

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from fieldpaint.errors import FieldpaintError
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
@@ -29,36 +27,24 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fieldpaint.config import dump_yaml, load_config
+    from fieldpaint.config import dump_yaml
+    from fieldpaint.runfolder import prepare_run
 
-    if args.resume and args.init_from:
-        raise FieldpaintError("--resume continues a run and --init-from starts a new one: pass only one")
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise FieldpaintError(f"{run_dir} is not a run folder (no config.yaml); nothing to resume")
-        config = load_config(str(run_dir / "config.yaml"), args.set)
-    else:
-        if not args.config or not args.run_dir:
-            raise FieldpaintError("a new run needs --config NAME and --run-dir DIR (or --resume DIR)")
-        run_dir = Path(args.run_dir)
-        config = load_config(args.config, args.set)
-        if (run_dir / "checkpoints").exists() or (run_dir / "config.yaml").exists():
-            raise FieldpaintError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                                  "or choose another --run-dir")
+    plan = prepare_run(config=args.config, run_dir=args.run_dir, resume=args.resume, init_from=args.init_from,
+                       overrides=args.set)
     if args.dry_run:
         from fieldpaint.models.registry import describe_parameters
 
-        p = describe_parameters(config)
-        print(dump_yaml(config), end="")
+        p = describe_parameters(plan.config)
+        print(dump_yaml(plan.config), end="")
         print(f"# {p['trainable'] / 1e6:.2f}M trainable parameters; nothing was trained (--dry-run)")
         return 0
     from fieldpaint.train import train
 
-    row = train(config, run_dir, resume=bool(args.resume), reset_optimizer=args.reset_optimizer,
-                init_from=args.init_from, progress=not args.no_progress)
+    row = train(plan.config, plan.run_dir, resume=plan.resume, reset_optimizer=args.reset_optimizer,
+                init_from=plan.init_from, progress=not args.no_progress)
     if row:
-        print(f"done: {run_dir} (test loss {row['test_loss']:.4f}, best {row['best_test_loss']:.4f} "
+        print(f"done: {plan.run_dir} (test loss {row['test_loss']:.4f}, best {row['best_test_loss']:.4f} "
               f"at epoch {row['best_epoch']})")
     return 0
 
