@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fieldpaint.errors import FieldpaintError
+
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
