@@ -11,7 +11,8 @@ from fieldpaint.reconstruct import METHOD_NAMES, METHODS
 
 def _sampler_options(args: argparse.Namespace) -> dict:
     options = {"steps": args.steps, "jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample,
-               "eta": args.eta, "batch_size": args.batch_size, "device": args.device}
+               "eta": args.eta, "cg_iterations": args.cg_iterations, "batch_size": args.batch_size,
+               "device": args.device}
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -94,7 +95,11 @@ def add_inpaint_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jump-length", type=int, default=10, help="RePaint jump length")
     p.add_argument("--jump-n-sample", type=int, default=10, help="RePaint resampling count")
     p.add_argument("--eta", type=float, default=None, help="DDIM/DDNM stochasticity (default: the method's)")
-    p.add_argument("--sigma-y", type=float, default=0.0, help="observation noise std, normalised units")
+    p.add_argument("--cg-iterations", type=positive_int, default=None,
+                   help="MMPS conjugate-gradient iterations per step (default 10)")
+    p.add_argument("--sigma-y", type=float, default=0.0, help="observation noise std, in normalised units (the run's per-channel z-scores); "
+                   "calibrated with mmps, a heuristic (about 4x over-confident) with repaint and ddnm, refused by "
+                   "conditional models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="fields x members per network call")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -135,6 +140,8 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jump-length", type=int, default=10)
     p.add_argument("--jump-n-sample", type=int, default=10)
     p.add_argument("--eta", type=float, default=None)
+    p.add_argument("--cg-iterations", type=positive_int, default=None,
+                   help="MMPS conjugate-gradient iterations per step (default 10)")
     p.add_argument("--gp-nu", default="auto", type=lambda s: s if s == "auto" else float(s),
                    help="Matérn smoothness of the fitted GP: auto (chosen per field by likelihood), 0.5, 1.5, 2.5")
     p.add_argument("--seed", type=int, default=0, help="mask and sampler seed")
