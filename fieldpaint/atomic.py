@@ -59,6 +59,14 @@ def check_folder_writable(folder: str | Path) -> None:
         raise FieldpaintError(f"{existing} is a file, so nothing can be written under it")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise FieldpaintError(f"folder {existing} is not writable")
+    # access() says yes to root everywhere and knows nothing of filesystems that refuse files
+    # (/proc, some network mounts): create and remove a probe, named like our temporaries.
+    probe = temp_sibling(existing / "probe")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as err:
+        raise FieldpaintError(f"folder {existing} is not writable: {err.strerror or type(err).__name__}") from None
+    probe.unlink(missing_ok=True)
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object], *, overwrite: bool = False) -> Path:

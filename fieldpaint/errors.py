@@ -15,3 +15,7 @@ class DataError(FieldpaintError):
 
 class CheckpointError(FieldpaintError):
     """A missing, truncated or incompatible checkpoint."""
+
+
+class UsageError(FieldpaintError):
+    """A command line argparse rejects: an unknown option, a missing argument, a value of the wrong kind."""

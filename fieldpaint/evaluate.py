@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from fieldpaint.atomic import write_atomic, write_text_atomic
+from fieldpaint.atomic import check_folder_writable, write_atomic, write_text_atomic
 from fieldpaint.data.fields import FieldSplit, FieldStats
 from fieldpaint.data.masks import make_masks
 from fieldpaint.errors import FieldpaintError
@@ -129,6 +129,7 @@ def check_output_folder(out: Path, resume: bool) -> None:
     """An evaluation never writes over another one: without --resume, `out` must hold none of our files."""
     if out.exists() and not out.is_dir():
         raise FieldpaintError(f"{out} is a file, not a folder")
+    check_folder_writable(out)
     held = [name for name in OUTPUTS if (out / name).exists()]
     if held and not resume:
         raise FieldpaintError(f"{out} already holds an evaluation ({', '.join(held)}); pass --resume to continue "

@@ -14,15 +14,23 @@ import sys
 from fieldpaint.cli.data import add_data_parser
 from fieldpaint.cli.reconstruction import add_demo_parser, add_evaluate_parser, add_inpaint_parser
 from fieldpaint.cli.training import add_configs_parser, add_train_parser
-from fieldpaint.errors import FieldpaintError
+from fieldpaint.errors import FieldpaintError, UsageError
 
 SUBCOMMANDS = "{data,configs,train,inpaint,evaluate,demo}"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error is one line like every other error (argparse prints the
+    usage block and its own prefix); `--help` still prints the usage. Subparsers inherit the class."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from fieldpaint import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fieldpaint",
         description="Train diffusion models on 2-D gridded fields and reconstruct fields from sparse "
                     "observations, measured against Gaussian-process interpolation.")
@@ -42,9 +50,9 @@ def _os_error(err: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    args.command_line = " ".join(["fieldpaint", *argv])  # for the `history` of what it writes
     try:
+        args = parser.parse_args(argv)
+        args.command_line = " ".join(["fieldpaint", *argv])  # for the `history` of what it writes
         return args.func(args)
     except FieldpaintError as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

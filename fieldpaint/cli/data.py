@@ -6,18 +6,34 @@ import argparse
 from pathlib import Path
 
 from fieldpaint.atomic import check_writable
-from fieldpaint.cli.options import coverage, positive_int
+from fieldpaint.cli.options import check_memory, coverage, fraction, grid_size, nonnegative_int, positive_int
 from fieldpaint.data.masks import MASK_FAMILIES
-from fieldpaint.errors import FieldpaintError
+
+# Bytes per output value held while a dataset is made and written: the float32 value, a copy the
+# writer makes, a float64 work batch (a rough bound: it exists to refuse the absurd, early).
+GENERATE_BYTES_PER_VALUE = 12
+KOLMOGOROV_BATCH = 32  # trajectories simulated together (generate_kolmogorov's batch_size)
+SOLVER_ARRAYS = 16  # complex128 solver-grid arrays per trajectory (state, RK stages, work)
+
+
+def generation_bytes(args: argparse.Namespace) -> float:
+    """A rough upper bound on the memory `data generate` needs, computed before anything is made."""
+    n = args.n_train + args.n_test
+    if args.generator == "grf":
+        return GENERATE_BYTES_PER_VALUE * n * args.channels * args.height * args.width
+    from fieldpaint.data.kolmogorov import DEFAULT_SNAPSHOTS_PER_TRAJECTORY, KolmogorovPhysics
+
+    plan = KolmogorovPhysics().plan(args.height, args.width, DEFAULT_SNAPSHOTS_PER_TRAJECTORY)
+    solver = min(KOLMOGOROV_BATCH, n) * SOLVER_ARRAYS * 16 * plan.oversample**2 * args.height * args.width
+    return GENERATE_BYTES_PER_VALUE * n * 3 * args.height * args.width + solver
 
 
 def cmd_data_generate(args: argparse.Namespace) -> int:
     from fieldpaint.data.io import write_dataset
 
     out = Path(args.out) if args.out else Path("data") / f"{args.generator}.nc"
-    check_writable(out, args.overwrite)
-    if args.n_train < 1 or args.n_test < 0:
-        raise FieldpaintError(f"--n-train must be >= 1 and --n-test >= 0 (got {args.n_train}, {args.n_test})")
+    check_writable(out, args.overwrite)  # before any work: a refusal after an hour's simulation is no use
+    check_memory(generation_bytes(args), f"{args.n_train + args.n_test} samples of {args.height}x{args.width}")
     if args.generator == "kolmogorov":
         from fieldpaint.data.kolmogorov import generate_kolmogorov
 
@@ -64,6 +80,8 @@ def cmd_data_masks(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_writable(out, args.overwrite)
+    # float32 masks, their int8 copy and the families' float64/int64 work arrays
+    check_memory(32 * args.n * args.height * args.width, f"{args.n} masks of {args.height}x{args.width}")
     masks = make_masks(args.family, args.coverage, args.n, args.height, args.width, seed=args.seed)
     ds = xr.Dataset({"mask": (("sample", "y", "x"), masks[:, 0].astype(np.int8))},
                     attrs={"family": args.family, "coverage": args.coverage, "seed": args.seed,
@@ -84,11 +102,11 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     gen.add_argument("generator", choices=["kolmogorov", "grf"],
                      help="kolmogorov: 2-D turbulence (u, v, vorticity); grf: Matérn Gaussian random field")
-    gen.add_argument("--n-train", type=int, default=9180, help="training snapshots")
-    gen.add_argument("--n-test", type=int, default=1020, help="test snapshots (disjoint trajectories)")
-    gen.add_argument("--height", type=int, default=64, help="grid rows (y)")
-    gen.add_argument("--width", type=int, default=128, help="grid columns (x)")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--n-train", type=positive_int, default=9180, help="training snapshots")
+    gen.add_argument("--n-test", type=nonnegative_int, default=1020, help="test snapshots (disjoint trajectories)")
+    gen.add_argument("--height", type=grid_size, default=64, help="grid rows (y)")
+    gen.add_argument("--width", type=grid_size, default=128, help="grid columns (x)")
+    gen.add_argument("--seed", type=nonnegative_int, default=0)
     gen.add_argument("--out", default=None, help="output file (.nc or .zarr); default data/GENERATOR.nc")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -96,13 +114,13 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
     grf.add_argument("--nu", type=float, default=1.5, help="Matérn smoothness (0.5, 1.5 or 2.5)")
     grf.add_argument("--length-scale", type=float, default=8.0, help="length scale in pixels")
     grf.add_argument("--variance", type=float, default=1.0, help="marginal variance")
-    grf.add_argument("--channels", type=int, default=1, help="independent channels")
+    grf.add_argument("--channels", type=positive_int, default=1, help="independent channels")
     gen.set_defaults(func=cmd_data_generate)
 
     info = data_sub.add_parser("info", help="describe a NetCDF/Zarr dataset as fieldpaint reads it")
     info.add_argument("path")
     info.add_argument("--variables", default=None, help="comma-separated variables (default: all gridded ones)")
-    info.add_argument("--test-fraction", type=float, default=0.1, help="used when the file has no split variable")
+    info.add_argument("--test-fraction", type=fraction, default=0.1, help="used when the file has no split variable")
     info.set_defaults(func=cmd_data_info)
 
     masks = data_sub.add_parser("masks", help="draw observation masks to a NetCDF file (1 = observed)",
@@ -110,9 +128,9 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
     masks.add_argument("--family", default="random", choices=MASK_FAMILIES)
     masks.add_argument("--coverage", type=coverage, default=0.9, help="hidden fraction, in [0, 1)")
     masks.add_argument("--n", type=positive_int, default=16, help="number of masks")
-    masks.add_argument("--height", type=int, default=64)
-    masks.add_argument("--width", type=int, default=128)
-    masks.add_argument("--seed", type=int, default=0)
+    masks.add_argument("--height", type=grid_size, default=64)
+    masks.add_argument("--width", type=grid_size, default=128)
+    masks.add_argument("--seed", type=nonnegative_int, default=0)
     masks.add_argument("--out", required=True)
     masks.add_argument("--overwrite", action="store_true")
     masks.set_defaults(func=cmd_data_masks)

@@ -16,12 +16,49 @@ def _sampler_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def sigma_y_value(text: str):
+    """argparse type of --sigma-y: `0.3` or `sst=0.3,...` in the data's units (parse_sigma_y)."""
+    from fieldpaint.diffusion.reconstructor import parse_sigma_y
+    from fieldpaint.errors import FieldpaintError
+
+    try:
+        return parse_sigma_y(text)
+    except FieldpaintError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def normalised_sigma_y(args: argparse.Namespace):
+    """--sigma-y / --sigma-y-variable (the data's units) converted with the run's statistics: a float,
+    a per-channel tuple or a per-pixel tensor in normalised units; None when neither is given."""
+    from fieldpaint.errors import FieldpaintError
+
+    if args.sigma_y is None and args.sigma_y_variable is None:
+        return None
+    if args.sigma_y is not None and args.sigma_y_variable is not None:
+        raise FieldpaintError("give --sigma-y or --sigma-y-variable, not both")
+    if args.checkpoint is None:
+        raise FieldpaintError("--sigma-y is converted with a run's statistics: give --checkpoint")
+    from fieldpaint.data.io import open_dataset
+    from fieldpaint.diffusion.reconstructor import sigma_y_field_from_dataset, sigma_y_in_normalised_units
+    from fieldpaint.runs import load_run
+
+    stats = load_run(args.checkpoint).stats
+    variables = names(args.variables) if args.variables else list(stats.variables)
+    if args.sigma_y is not None:
+        return sigma_y_in_normalised_units(args.sigma_y, variables, stats)
+    with open_dataset(args.input) as ds:
+        return sigma_y_field_from_dataset(ds, args.sigma_y_variable, variables, stats)
+
+
 def cmd_inpaint(args: argparse.Namespace) -> int:
     from fieldpaint.inpaint import inpaint_file
     from fieldpaint.reconstruct import METHODS
 
     diffusion = METHODS[args.method].needs != "data"
-    options = {**_sampler_options(args), "sigma_y": args.sigma_y, "progress": not args.no_progress} if diffusion else {}
+    options = {**_sampler_options(args), "progress": not args.no_progress} if diffusion else {}
+    sigma_y = normalised_sigma_y(args) if diffusion else None
+    if sigma_y is not None:
+        options["sigma_y"] = sigma_y
     attrs = inpaint_file(args.checkpoint, args.input, args.out, method=args.method,
                          variables=names(args.variables) if args.variables else None,
                          mask_variable=args.mask_variable, valid_variable=args.valid_variable,
@@ -52,6 +89,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               "fields": args.n, "members per diffusion reconstruction": args.samples,
               "mask families": ", ".join(families), "coverages": ", ".join(f"{c:g}" for c in coverages),
               "seed": args.seed, "written": datetime.datetime.now().isoformat(timespec="seconds")}
+    if "mmps" in methods:  # the report costs MMPS's backward passes from this line
+        from fieldpaint.diffusion.reconstructor import DEFAULT_CG_ITERATIONS
+        from fieldpaint.report import CG_HEADER
+
+        header[CG_HEADER] = args.cg_iterations or DEFAULT_CG_ITERATIONS
     report = evaluate_and_report(out, runs=runs, methods=methods, families=families, coverages=coverages,
                                  data_path=args.data, variables=names(args.variables) if args.variables else None,
                                  split=args.split, n=args.n, samples=args.samples, seed=args.seed,
@@ -97,9 +139,14 @@ def add_inpaint_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eta", type=float, default=None, help="DDIM/DDNM stochasticity (default: the method's)")
     p.add_argument("--cg-iterations", type=positive_int, default=None,
                    help="MMPS conjugate-gradient iterations per step (default 10)")
-    p.add_argument("--sigma-y", type=float, default=0.0, help="observation noise std, in normalised units (the run's per-channel z-scores); "
-                   "calibrated with mmps, a heuristic (about 4x over-confident) with repaint and ddnm, refused by "
-                   "conditional models")
+    p.add_argument("--sigma-y", type=sigma_y_value, default=None,
+                   help="observation noise std in the data's units: one number for every variable (0.3) or per "
+                        "variable (sst=0.3 or u=0.1,v=0.2; a variable not named is exact), divided by the run's "
+                        "per-channel std. Calibrated with mmps, a heuristic (about 4x over-confident) with repaint "
+                        "and ddnm, refused by conditional models (default: exact observations)")
+    p.add_argument("--sigma-y-variable", default=None,
+                   help="per-pixel observation noise std from the input file, in the data's units: a variable for "
+                        "every channel (err) or per channel (u=u_err,v=v_err)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="fields x members per network call")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

@@ -118,8 +118,32 @@ def to_dict(config: Any) -> dict:
 
 
 def from_dict(values: dict) -> Config:
-    """Build and validate a Config from a (possibly partial) nested dict."""
-    return _build(Config, values)
+    """Build and validate a Config from a (possibly partial) nested dict; the data section's
+    unset variables and grid are resolved from its file first (`resolve_data`)."""
+    return _build(Config, resolve_data(values))
+
+
+def resolve_data(values: dict) -> dict:
+    """`values` with `data.variables`, `data.height` and `data.width`, where unset and a data file is
+    named, taken from the file: its gridded variables, and its grid padded to the next multiple
+    the model divides (fieldpaint.data.grid.grid_multiple: 2^levels for the UNet, the patch size
+    for uvit/dit). The resolved config is what every run records: the model's (padded) grid."""
+    from fieldpaint.config.schema import DataConfig, ModelConfig
+    from fieldpaint.data.grid import grid_multiple, padded_shape
+
+    if not isinstance(values, dict) or not isinstance(values.get("data"), dict):
+        return values
+    given = values["data"]
+    if given.get("path") is None or (given.get("variables") and given.get("height") is not None
+                                     and given.get("width") is not None):
+        return values
+    data = _build(DataConfig, given, "data")  # reads the file's variables and (unpadded) grid
+    model = _build(ModelConfig, values.get("model"), "model")
+    height, width = padded_shape(data.height, data.width, grid_multiple(model))
+    resolved = {**given, "variables": list(data.variables),
+                "height": given["height"] if given.get("height") is not None else height,
+                "width": given["width"] if given.get("width") is not None else width}
+    return {**values, "data": resolved}
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -196,8 +220,11 @@ def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> C
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
             values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}".splitlines()[0]) from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, "
+                              f"got {type(values).__name__}")
     else:
         values = _preset_dict(name_or_path)
     return from_dict(apply_overrides(values, list(overrides)))
