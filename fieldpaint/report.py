@@ -7,6 +7,7 @@ and the runs' metrics, so a report can be redrawn without re-running anything.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -17,12 +18,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fieldpaint.data.fields import FieldStats  # noqa: E402
+from fieldpaint.diffusion.reconstructor import DEFAULT_CG_ITERATIONS  # noqa: E402
 from fieldpaint.evaluate import group_file  # noqa: E402
 from fieldpaint.runlog import read_metrics  # noqa: E402
 from fieldpaint.summary import (ALIAS, best_per_group, describe_method, is_kriging, percent,  # noqa: E402
                                 summarize, verdict_sentences)
 
 EXAMPLE_COVERAGES = (0.9, 0.95, 0.99)
+NFE_COVERAGES = 3  # the quality-against-cost figure shows the highest this many coverages
+CG_HEADER = "MMPS CG iterations per step"  # the header line the report reads MMPS's CG count from
 
 
 def _nearest(values: list[float], target: float) -> float:
@@ -66,6 +70,107 @@ def plot_ratio_vs_coverage(summary: pd.DataFrame, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def is_mmps(method: str) -> bool:
+    return method.split(":")[-1].startswith("mmps")
+
+
+def cg_of(method: str, default: int) -> int:
+    """MMPS's CG iterations per step: from a `cg<N>` in the label (`mmps-50-cg5`), else `default`."""
+    found = re.search(r"cg(\d+)", method.split(":")[-1])
+    return int(found.group(1)) if found else default
+
+
+def forward_equivalents(method: str, nfe: float, cg_iterations: int = DEFAULT_CG_ITERATIONS) -> float:
+    """Cost per member in forward passes: nfe, or for MMPS nfe·(1 + 2·cg), since each of its steps runs one
+    forward and up to cg backward passes (vector-Jacobian products), a backward costing about two forwards."""
+    return nfe * (1 + 2 * cg_of(method, cg_iterations)) if is_mmps(method) else nfe
+
+
+def sampler_family(method: str) -> str:
+    """The label without its numbers, so that variants at several step counts share a line:
+    `ddim-50` -> `ddim`, `mmps-50-cg5` -> `mmps-cg5`, `RUN:repaint` stays."""
+    return re.sub(r"-\d+(?=-|$)", "", method)
+
+
+def costed(summary: pd.DataFrame, cg_iterations: int = DEFAULT_CG_ITERATIONS) -> pd.DataFrame:
+    """The summary rows of methods with network evaluations (nfe > 0), with `forward_equivalents`
+    (a `cg_iterations` column, where evaluate wrote one, overrides the default per row)."""
+    reference = str(summary["reference"].iloc[0])
+    diffusion = ~summary["method"].map(is_kriging) & (summary["method"] != reference)
+    rows = summary[diffusion & (pd.to_numeric(summary["nfe"], errors="coerce").fillna(0) > 0)].copy()
+    cg = rows["cg_iterations"] if "cg_iterations" in rows else pd.Series(cg_iterations, index=rows.index)
+    rows["forward_equivalents"] = [forward_equivalents(m, float(n), int(c) if np.isfinite(c) else cg_iterations)
+                                   for m, n, c in zip(rows["method"], rows["nfe"], cg.astype(float))]
+    return rows
+
+
+def plot_quality_vs_nfe(summary: pd.DataFrame, path: Path, cg_iterations: int = DEFAULT_CG_ITERATIONS) -> Path:
+    """Per mask family (rows) and each of the highest coverages: the geometric-mean MSE ratio to the
+    reference and the mean CRPS against network evaluations per member (log x). MMPS is drawn twice,
+    filled at its forward passes and open at its forward-equivalents nfe·(1 + 2·cg), joined by a dotted
+    line; variants of one sampler (labels differing only in numbers) are joined by a line."""
+    reference = str(summary["reference"].iloc[0])
+    rows = costed(summary, cg_iterations)
+    families = sorted(summary["mask"].unique())
+    coverages = sorted(summary["coverage"].unique())[-NFE_COVERAGES:]
+    colours = {f: f"C{i % 10}" for i, f in enumerate(sorted({sampler_family(m) for m in rows["method"]}))}
+    n = len(coverages)
+    fig, axes = plt.subplots(len(families), 2 * n, figsize=(3.1 * 2 * n, 2.9 * len(families)), squeeze=False)
+    for r, family in enumerate(families):
+        for j, coverage in enumerate(coverages):
+            here = summary[(summary["mask"] == family) & np.isclose(summary["coverage"], coverage)]
+            costs = rows[(rows["mask"] == family) & np.isclose(rows["coverage"], coverage)]
+            for k, (column, label) in enumerate((("ratio_gmean", f"MSE ratio to {reference}"),
+                                                 ("crps_mean", "mean CRPS"))):
+                ax = axes[r][j + k * n]
+                for name, g in costs.groupby(costs["method"].map(sampler_family), sort=True):
+                    g = g[np.isfinite(pd.to_numeric(g[column], errors="coerce"))].sort_values("nfe")
+                    if g.empty:
+                        continue
+                    colour = colours[name]
+                    ax.plot(g["nfe"], g[column], "o-", ms=4, color=colour, label=name)
+                    mm = g[g["method"].map(is_mmps)]
+                    for row in mm.itertuples():
+                        ax.plot([row.nfe, row.forward_equivalents], [getattr(row, column)] * 2, ":", color=colour)
+                    if not mm.empty:
+                        ax.plot(mm["forward_equivalents"], mm[column], "o", ms=5, mfc="none", color=colour,
+                                label=f"{name}: forward-equivalents")
+                if column == "ratio_gmean":
+                    ax.axhline(1.0, color="k", lw=0.8, ls=":")
+                    ax.set_yscale("log")
+                else:
+                    ref = here[here["method"] == reference]["crps_mean"]
+                    if len(ref) and np.isfinite(ref.iloc[0]):
+                        ax.axhline(float(ref.iloc[0]), color="k", lw=0.8, ls="--", label=reference)
+                ax.set_xscale("log")
+                ax.set_title(f"{family}, {percent(coverage)} hidden: {label}", fontsize=8)
+                ax.set_xlabel("network evaluations per member", fontsize=7)
+                ax.tick_params(labelsize=7)
+    handles = {label: h for row in axes for ax in row for h, label in zip(*ax.get_legend_handles_labels())}
+    if handles:
+        axes[0][-1].legend(handles.values(), handles.keys(), fontsize=6)
+    fig.suptitle(f"Quality against cost; open markers: MMPS forward-equivalents nfe·(1 + 2·cg), "
+                 f"cg = {cg_iterations} unless the label says", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def cost_table(summary: pd.DataFrame, cg_iterations: int = DEFAULT_CG_ITERATIONS) -> list[str]:
+    """Per diffusion method: network evaluations (forward passes) and forward-equivalents per member,
+    seconds per field (mean over groups)."""
+    rows = costed(summary, cg_iterations)
+    if rows.empty:
+        return ["No method with network evaluations was evaluated.", ""]
+    lines = ["| method | NFE per member (forward passes) | forward-equivalents per member | s/field |",
+             "|---|---|---|---|"]
+    for method, g in rows.groupby("method", sort=True):
+        lines.append(f"| {method} | {_fmt(g['nfe'].mean())} | {_fmt(g['forward_equivalents'].mean())} | "
+                     f"{_fmt(g['seconds_per_field'].mean())} |")
+    return lines + [""]
 
 
 def _shared_scale(images: list[np.ndarray]) -> float:
@@ -251,11 +356,13 @@ def _load_summary(out: Path, reference: str | None) -> tuple[pd.DataFrame, pd.Da
 
 
 def write_report(out: Path, stats: FieldStats, runs: list[Path], header: dict, *,
-                 reference: str | None = None) -> Path:
+                 reference: str | None = None, cg_iterations: int | None = None) -> Path:
     """`out/report.md` and its figures from what evaluate wrote into `out`.
 
     reference: the method every ratio is against; by default the one summary.csv was computed
-    against (when it is another, the summary is recomputed from cases.csv for the report)."""
+    against (when it is another, the summary is recomputed from cases.csv for the report).
+    cg_iterations: MMPS's CG iterations per step, for its forward-equivalents; by default the
+    header's `CG_HEADER` line, else 10 (a label with `cg<N>` in it says its own)."""
     out = Path(out)
     summary, cases = _load_summary(out, reference)
     reference = str(summary["reference"].iloc[0])
@@ -279,6 +386,14 @@ def write_report(out: Path, stats: FieldStats, runs: list[Path], header: dict, *
     lines += ["", f"## Kriging variants beside the reference ({reference})", ""] + kriging_table(summary)
     lines += ["", f"## MSE ratio to {reference} against coverage", "",
               f"![ratio]({plot_ratio_vs_coverage(summary, figures / 'ratio_vs_coverage.png').relative_to(out)})", ""]
+    cg = int(cg_iterations or (header or {}).get(CG_HEADER) or DEFAULT_CG_ITERATIONS)
+    if not costed(summary, cg).empty:
+        png = plot_quality_vs_nfe(summary, figures / "quality_vs_nfe.png", cg)
+        lines += ["## MSE and CRPS against NFE per method", "",
+                  "Network evaluations per member on a log scale. NFE counts forward passes; MMPS also runs up to "
+                  f"{cg} CG iterations per step (`{CG_HEADER}`), each a backward pass costing about two forwards, "
+                  "so it is drawn a second time (open markers) at its forward-equivalents nfe·(1 + 2·cg).", "",
+                  f"![quality against NFE]({png.relative_to(out)})", ""] + cost_table(summary, cg)
     lines += ["## Tables", ""] + summary_table(summary) + [""]
     coverages = sorted(summary["coverage"].unique())
     families = sorted(summary["mask"].unique())

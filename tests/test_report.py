@@ -70,3 +70,45 @@ def test_report_against_another_reference_is_recomputed_from_the_cases(tmp_path)
     (line,) = [x for x in section(report, "Verdict").splitlines() if x.startswith("- gp-dataset vs gp")]
     assert "better at 90 % hidden" in line
     assert (pd.read_csv(out / "summary.csv")["reference"] == "kriging").all()  # evaluate's file untouched
+
+
+def test_forward_equivalents_and_sampler_families():
+    from fieldpaint.report import forward_equivalents, sampler_family
+
+    assert forward_equivalents("mmps", 50, 10) == 50 * 21  # one forward + 10 backwards of ~2 forwards per step
+    assert forward_equivalents("run:mmps-50-cg5", 50, 10) == 50 * 11  # the label's own CG count
+    assert forward_equivalents("ddnm", 100, 10) == 100
+    assert sampler_family("ddim-50") == "ddim" and sampler_family("mmps-50-cg5") == "mmps-cg5"
+    assert sampler_family("repaint-250-10-10") == "repaint" and sampler_family("conditional-dpm") == "conditional-dpm"
+
+
+def test_report_draws_quality_against_network_evaluations(tmp_path):
+    """Methods at several NFE on two families and four coverages: the figure exists, the report links it,
+    and MMPS's cost is given in forward passes and in forward-equivalents (the header's CG count)."""
+    rng = np.random.default_rng(1)
+    frames = []
+    for mask in ("random", "tracks"):
+        for coverage in (0.5, 0.9, 0.95, 0.99):
+            reference = rng.uniform(0.5, 2.0, 8)
+            methods = {"gp-dataset": reference, "ddnm": reference * 1.3, "mmps": reference * 0.8,
+                       "ddim-50": reference * 0.7, "ddim-20": reference * 0.75, "dpm-10": reference * 0.72}
+            table = cases_table({k: list(v) for k, v in methods.items()}, mask=mask, coverage=coverage)
+            table["nfe"] = table["method"].map({"gp-dataset": 0, "ddnm": 100, "mmps": 50, "ddim-50": 50,
+                                                "ddim-20": 20, "dpm-10": 10})
+            table["crps"] = table["mse"] ** 0.5
+            frames.append(table)
+    table = pd.concat(frames, ignore_index=True)
+    alias = table[table["method"] == "gp-dataset"].assign(method="kriging", reference_variant="gp-dataset")
+    cases = pd.concat([table, alias], ignore_index=True)
+    out = tmp_path / "eval"
+    out.mkdir()
+    cases.to_csv(out / "cases.csv", index=False)
+    summarize(cases, "kriging", n_boot=200).to_csv(out / "summary.csv", index=False)
+    report = write_report(out, STATS, [], {"MMPS CG iterations per step": 5}, reference="kriging").read_text()
+    figure = out / "figures" / "quality_vs_nfe.png"
+    assert figure.stat().st_size > 5000
+    assert "![quality against NFE](figures/quality_vs_nfe.png)" in report
+    costs = section(report, "MSE and CRPS against NFE per method")
+    assert "| mmps | 50 | 550 |" in costs  # 50 · (1 + 2 · 5)
+    assert "| ddnm | 100 | 100 |" in costs and "| dpm-10 | 10 | 10 |" in costs
+    assert "gp-dataset" not in costs and "| kriging" not in costs  # no network, no cost row

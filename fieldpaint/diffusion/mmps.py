@@ -5,9 +5,9 @@ Rozet, Andry, Lanusse & Louppe 2024, "Learning Diffusion Priors from Observation
 Maximization" (NeurIPS), section "Moment matching posterior sampling". With y = A x_0 + σ_y n, the
 likelihood of a noisy state is approximated by matching the first two moments of p(x_0 | x_t):
 
-    q(y | x_t) = N(y | A E[x_0 | x_t], σ_y² I + A V[x_0 | x_t] Aᵀ)
+    q(y | x_t) = N(y | A E[x_0 | x_t], Σ_y + A V[x_0 | x_t] Aᵀ),   Σ_y = diag(σ_y²)
 
-and the posterior denoiser is E[x_0 | x_t, y] = E[x_0 | x_t] + V Aᵀ (σ_y² I + A V Aᵀ)⁻¹ (y - A E[x_0 | x_t]),
+and the posterior denoiser is E[x_0 | x_t, y] = E[x_0 | x_t] + V Aᵀ (Σ_y + A V Aᵀ)⁻¹ (y - A E[x_0 | x_t]),
 exact when p(x_0 | x_t) is Gaussian (the Gaussian oracle). Tweedie's second-order formula for this
 VP parameterisation (x_t = √ᾱ x_0 + √(1-ᾱ) ε, so E[x_0|x_t] = (x_t + (1-ᾱ) ∇ log p(x_t)) / √ᾱ and
 V[x_0|x_t] = (1-ᾱ)/ᾱ · (I + (1-ᾱ) ∇² log p(x_t))) gives the covariance from the denoiser's Jacobian:
@@ -16,7 +16,9 @@ V[x_0|x_t] = (1-ᾱ)/ᾱ · (I + (1-ᾱ) ∇² log p(x_t))) gives the covariance
 
 applied to a vector as a vector-Jacobian product through the denoiser (the Jacobian of a true
 posterior mean is symmetric, ∝ a Hessian, so Jᵀv = Jv; for a network Jᵀ is the cheap one).
-A = masking, so A Aᵀ = I on the observed pixels and Aᵀ pads with zeros.
+A = masking, so A Aᵀ = I on the observed pixels and Aᵀ pads with zeros. The noise may differ by
+channel and pixel (heteroscedastic): Σ_y = diag(σ_y²) with σ_y a float (Σ_y = σ_y² I, the paper's
+case) or a tensor broadcastable to (B, C, H, W); σ_y = 0 at a pixel makes it an exact observation.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from collections.abc import Callable
 import torch
 
 from fieldpaint.diffusion.schedule import Schedule
-from fieldpaint.diffusion.steps import (Denoiser, Generators, apply_fixed, check_sigma_y, ddim_step, fixed_pixels,
-                                        observed, paste_known, randn, respaced_timesteps, timestep)
+from fieldpaint.diffusion.steps import (Denoiser, Generators, SigmaY, apply_fixed, ddim_step, fixed_pixels,
+                                        observed, paste_known, randn, respaced_timesteps, sigma_like, timestep)
 
 Operator = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # p -> (G p, H p)
 
@@ -74,15 +76,17 @@ def conjugate_gradient(operator: Operator, b: torch.Tensor, iterations: int,
 
 
 def moment_matching_denoise(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, ac: float, obs: torch.Tensor,
-                            known: torch.Tensor, sigma_y: float, cg_iterations: int, cg_tol: float = 1e-6,
+                            known: torch.Tensor, sigma_y: SigmaY, cg_iterations: int, cg_tol: float = 1e-6,
                             fixed: torch.Tensor | None = None) -> torch.Tensor:
-    """E[x_0 | x_t, y] ≈ x̂_0 + V Aᵀ u, (σ_y² I + A V Aᵀ) u = y - A x̂_0 (see the module docstring).
+    """E[x_0 | x_t, y] ≈ x̂_0 + V Aᵀ u, (diag(σ_y²) + A V Aᵀ) u = y - A x̂_0 (see the module docstring).
 
     Names: x0 = x̂_0 = E[x_0 | x_t], ac = ᾱ_t, obs = y (0 off `known` = A's pixels), V = the Tweedie
     covariance (1-ᾱ)/√ᾱ · Jᵀ (vector-Jacobian product, one backward pass per CG iteration). The
     denoiser is called once, under enable_grad; it must be differentiable in x_t. `fixed` pixels
     get x̂_0 = 0 before and after the correction (and so no covariance: V is that of P x̂_0).
+    sigma_y: a float or a tensor broadcastable to x_t's shape (diag(σ_y²) acts elementwise).
     """
+    noise_var = sigma_like(sigma_y, x_t) ** 2  # the diagonal of Σ_y
     scale = tweedie_covariance_scale(ac)
     with torch.enable_grad():
         x_in = x_t.detach().requires_grad_(True)
@@ -94,7 +98,7 @@ def moment_matching_denoise(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tens
 
         def operator(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # v on A's pixels
             cv = covariance(v)
-            return sigma_y ** 2 * v + torch.where(known, cv, torch.zeros_like(cv)), cv
+            return noise_var * v + torch.where(known, cv, torch.zeros_like(cv)), cv
 
         residual = torch.where(known, obs - x0.detach(), torch.zeros_like(obs))  # y - A x̂_0
         _, correction = conjugate_gradient(operator, residual, cg_iterations, cg_tol)  # V Aᵀ u
@@ -103,7 +107,7 @@ def moment_matching_denoise(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tens
 
 @torch.no_grad()
 def mmps(denoiser: Denoiser, obs: torch.Tensor, mask: torch.Tensor, schedule: Schedule, *,
-         generator: Generators, steps: int = 50, eta: float = 1.0, sigma_y: float = 0.0,
+         generator: Generators, steps: int = 50, eta: float = 1.0, sigma_y: SigmaY = 0.0,
          cg_iterations: int = 10, cg_tol: float = 1e-6,
          fixed: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """MMPS (Rozet et al. 2024; see the module docstring) with a DDIM step (Song et al. 2021 eq. 12)
@@ -112,16 +116,17 @@ def mmps(denoiser: Denoiser, obs: torch.Tensor, mask: torch.Tensor, schedule: Sc
     Per level: x̂_0 = E[x_0 | x_t] (one network call, with grad), the moment-matched correction
     x̂_0 ← x̂_0 + V Aᵀ u by ≤ cg_iterations CG iterations (one vector-Jacobian product each; stops
     once |residual| ≤ cg_tol |y - A x̂_0|), then the DDIM step to x_{t-1}. Symbols: x = x_t, obs = y,
-    mask = the observed pixels (A), sigma_y = σ_y (y = A x_0 + σ_y n), eta = η.
+    mask = the observed pixels (A), sigma_y = σ_y (y = A x_0 + σ_y ⊙ n; a float or a tensor
+    broadcastable to (B, C, H, W), e.g. per channel (1, C, 1, 1)), eta = η.
     With the Gaussian oracle and converged CG the corrected x̂_0 IS E[x_0 | x_t, y], so MMPS equals
     conditional DDIM with the exact conditional denoiser (tests/test_mmps.py). σ_y = 0: the observed
-    values are pasted into the final x_0. x̂_0 = 0 at `fixed` pixels.
+    values (those with σ_y = 0) are pasted into the final x_0. x̂_0 = 0 at `fixed` pixels.
 
     Returns (x_0, nfe), nfe = `steps` forward passes; each step also runs up to cg_iterations
     backward passes (each costing ≈ 2 forward passes).
     """
-    check_sigma_y(sigma_y)
     obs_known, known = observed(obs, mask)
+    sigma_y = sigma_like(sigma_y, obs_known)
     fixed = fixed_pixels(fixed, obs_known)
     timesteps = respaced_timesteps(schedule.T, steps).tolist()
     ac = schedule.alphas_cumprod[timesteps].tolist()

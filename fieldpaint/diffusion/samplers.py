@@ -22,7 +22,9 @@ Observations: obs (B, C, H, W), mask (B, 1 or C, H, W) with 1 = observed, 0 = hi
 at hidden pixels are ignored (NaN allowed). With sigma_y = 0 every sampler returns the observed
 values exactly; with sigma_y > 0 the observations are y = x_0 + σ_y n, n ~ N(0, I), and the output
 is only pulled towards them (calibrated by `mmps` and by the conditional samplers given a
-calibrated denoiser; heuristic in `repaint` and `ddnm`).
+calibrated denoiser; heuristic in `repaint` and `ddnm`). σ_y is a float or a tensor broadcastable
+to (B, C, H, W) (per channel: (1, C, 1, 1); per pixel: (B, C, H, W)), in normalised units; where a
+tensor σ_y is 0 the observation is exact and is kept exactly.
 
 Never-valid pixels: `fixed` (B, 1 or C, H, W), bool or float, marks pixels whose x_0 is known to be
 exactly 0 (land: training sets x_0 = 0 there and never scores it). Every sampler sets x̂_0 = 0 there
@@ -42,14 +44,14 @@ from torch import nn
 from fieldpaint.diffusion.mmps import conjugate_gradient, mmps, tweedie_covariance_scale
 from fieldpaint.diffusion.schedule import Prediction, Schedule, predict_x0_eps
 from fieldpaint.diffusion.solvers import dpm_solver_2m
-from fieldpaint.diffusion.steps import (Denoiser, Generators, ancestral_step, apply_fixed,
-                                        check_eps_deterministic, check_sigma_y, ddim_sigma, ddim_step,
-                                        fixed_pixels, jump_schedule, jump_schedule_nfe, merge_known,
-                                        null_space_correction, observed, paste_known, randn, renoise_step,
-                                        respace, respaced_timesteps, start_noise, timestep)
+from fieldpaint.diffusion.steps import (Denoiser, Generators, SigmaY, ancestral_step, apply_fixed,
+                                        check_eps_deterministic, ddim_sigma, ddim_step, fixed_pixels, is_noisy,
+                                        jump_schedule, jump_schedule_nfe, merge_known, null_space_correction,
+                                        observed, paste_known, randn, renoise_step, respace, respaced_timesteps,
+                                        sigma_like, start_noise, timestep)
 
 __all__ = [
-    "X0_CLIP", "Denoiser", "Generators", "ModelDenoiser", "ancestral", "ancestral_step", "apply_fixed",
+    "X0_CLIP", "Denoiser", "Generators", "ModelDenoiser", "SigmaY", "ancestral", "ancestral_step", "apply_fixed",
     "check_eps_deterministic", "conjugate_gradient", "ddim", "ddim_sigma", "ddim_step", "ddnm",
     "dpm_solver_2m", "jump_schedule", "jump_schedule_nfe", "merge_known", "mmps", "model_denoiser",
     "null_space_correction", "randn", "renoise_step", "repaint", "respace", "respaced_timesteps",
@@ -104,7 +106,7 @@ def model_denoiser(model: nn.Module, schedule: Schedule, prediction: Prediction,
 @torch.no_grad()
 def repaint(denoiser: Denoiser, obs: torch.Tensor, mask: torch.Tensor, schedule: Schedule, *,
             generator: Generators, steps: int = 250, jump_length: int = 10, jump_n_sample: int = 10,
-            sigma_y: float = 0.0, fixed: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+            sigma_y: SigmaY = 0.0, fixed: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """RePaint (Lugmayr et al. 2022, "RePaint: Inpainting using Denoising Diffusion Probabilistic
     Models", Algorithm 1) on the respaced chain, with the jump schedule of its reference code.
 
@@ -118,8 +120,8 @@ def repaint(denoiser: Denoiser, obs: torch.Tensor, mask: torch.Tensor, schedule:
     pixels of x_i have the same distribution either way.) σ_y > 0 is a heuristic (`merge_known`):
     over-confident at observed pixels. x̂_0 = 0 at `fixed` pixels (see the module docstring).
     """
-    check_sigma_y(sigma_y)
     obs, known = observed(obs, mask)
+    sigma_y = sigma_like(sigma_y, obs)
     fixed = fixed_pixels(fixed, obs)
     timesteps = respaced_timesteps(schedule.T, steps).tolist()
     spaced = respace(schedule, torch.tensor(timesteps))
@@ -142,7 +144,7 @@ def repaint(denoiser: Denoiser, obs: torch.Tensor, mask: torch.Tensor, schedule:
 @torch.no_grad()
 def ddnm(denoiser: Denoiser, obs: torch.Tensor, mask: torch.Tensor, schedule: Schedule, *,
          generator: Generators, steps: int = 100, eta: float = 1.0,
-         sigma_y: float = 0.0, fixed: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+         sigma_y: SigmaY = 0.0, fixed: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """DDNM (Wang et al. 2023, "Zero-Shot Image Restoration Using Denoising Diffusion Null-Space
     Model", Algorithm 1) with A = masking and a DDIM step (Song et al. 2021 eq. 12) of
     stochasticity η in place of the DDPM step; η = 1 is exactly Algorithm 1. No resampling loop:
@@ -156,10 +158,12 @@ def ddnm(denoiser: Denoiser, obs: torch.Tensor, mask: torch.Tensor, schedule: Sc
     pixels, so λ_t = min(1, σ_t / (a_t σ_y)) and the fresh noise there shrinks to
     √(σ_t² - (a_t λ_t σ_y)²). On the Gaussian oracle the members are ~4x over-confident at observed
     pixels (spread 0.023 against the exact 0.092 at σ_y = 0.1); use `mmps` for σ_y > 0. DDNM+
-    needs η > 0: with η = 0 (σ_t = 0) it never uses noisy observations. x̂_0 = 0 at `fixed` pixels.
+    needs η > 0: with η = 0 (σ_t = 0) it never uses noisy observations. A tensor σ_y gives λ_t and
+    the shrunk noise pixel by pixel (λ_t = 1 and no noise where σ_y = 0). x̂_0 = 0 at `fixed` pixels.
     """
-    check_sigma_y(sigma_y)
     obs, known = observed(obs, mask)
+    sigma_y = sigma_like(sigma_y, obs)
+    noisy = is_noisy(sigma_y)
     fixed = fixed_pixels(fixed, obs)
     timesteps = respaced_timesteps(schedule.T, steps).tolist()
     ac = schedule.alphas_cumprod[timesteps].tolist()
@@ -168,15 +172,20 @@ def ddnm(denoiser: Denoiser, obs: torch.Tensor, mask: torch.Tensor, schedule: Sc
         ac_t, ac_prev = ac[i], (ac[i - 1] if i > 0 else 1.0)
         x0 = apply_fixed(denoiser(x, timestep(timesteps[i], x)), fixed)
         noise = randn(x.shape, generator, x)
-        if sigma_y == 0.0:
+        if not noisy:
             x0 = null_space_correction(x0, obs, known)
             x = ddim_step(x0, x, ac_t, ac_prev, eta, noise)
             continue
         sigma = ddim_sigma(ac_t, ac_prev, eta)
         a = ac_prev ** 0.5 - max(1 - ac_prev - sigma ** 2, 0.0) ** 0.5 * (ac_t / (1 - ac_t)) ** 0.5  # a_t
-        lam = 1.0 if sigma >= a * sigma_y else sigma / (a * sigma_y)
+        if isinstance(sigma_y, torch.Tensor):
+            lam = torch.where(sigma >= a * sigma_y, torch.ones_like(sigma_y), sigma / (a * sigma_y))
+            shrink = ((sigma ** 2 - (a * lam * sigma_y) ** 2).clamp(min=0.0).sqrt() / sigma if sigma > 0
+                      else torch.zeros_like(sigma_y))
+        else:
+            lam = 1.0 if sigma >= a * sigma_y else sigma / (a * sigma_y)
+            shrink = max(sigma ** 2 - (a * lam * sigma_y) ** 2, 0.0) ** 0.5 / sigma if sigma > 0 else 0.0
         x0 = null_space_correction(x0, obs, known, lam)
-        shrink = max(sigma ** 2 - (a * lam * sigma_y) ** 2, 0.0) ** 0.5 / sigma if sigma > 0 else 0.0
         x = ddim_step(x0, x, ac_t, ac_prev, eta, torch.where(known, shrink * noise, noise))
     return apply_fixed(x, fixed), steps
 
@@ -188,7 +197,7 @@ def ddnm(denoiser: Denoiser, obs: torch.Tensor, mask: torch.Tensor, schedule: Sc
 @torch.no_grad()
 def ddim(denoiser: Denoiser, shape: Sequence[int], schedule: Schedule, *, generator: Generators,
          steps: int = 50, eta: float = 0.0, obs: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-         sigma_y: float = 0.0, fixed: torch.Tensor | None = None, device: torch.device | str | None = None,
+         sigma_y: SigmaY = 0.0, fixed: torch.Tensor | None = None, device: torch.device | str | None = None,
          dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
     """DDIM sampling (Song et al. 2021, eq. 12, σ of eq. 16) over `respaced_timesteps(T, steps)`.
 
@@ -197,10 +206,10 @@ def ddim(denoiser: Denoiser, shape: Sequence[int], schedule: Schedule, *, genera
     observed values are pasted into the final x_0; the conditioning itself is the denoiser's.
     x̂_0 = 0 at `fixed` pixels. The output takes obs's device and dtype, or else `device` and `dtype`.
     """
-    check_sigma_y(sigma_y)
     timesteps = respaced_timesteps(schedule.T, steps).tolist()
     ac = schedule.alphas_cumprod[timesteps].tolist()
     x = start_noise(shape, generator, obs, device, dtype)  # x_{S-1} ~ N(0, I)
+    sigma_y = sigma_like(sigma_y, x)
     fixed = fixed_pixels(fixed, x)
     for i in reversed(range(steps)):
         x0 = apply_fixed(denoiser(x, timestep(timesteps[i], x)), fixed)
@@ -211,15 +220,15 @@ def ddim(denoiser: Denoiser, shape: Sequence[int], schedule: Schedule, *, genera
 @torch.no_grad()
 def ancestral(denoiser: Denoiser, shape: Sequence[int], schedule: Schedule, *, generator: Generators,
               steps: int = 50, obs: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-              sigma_y: float = 0.0, fixed: torch.Tensor | None = None, device: torch.device | str | None = None,
+              sigma_y: SigmaY = 0.0, fixed: torch.Tensor | None = None, device: torch.device | str | None = None,
               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2; eqs. 6-7) on the respaced chain:
     x_{i-1} ~ N(μ̃_i(x_i, x̂_0), β̃'_i I) with the respaced β'_i of `respace`. Observed values are
     pasted into the final x_0 and `fixed` pixels handled as in `ddim`."""
-    check_sigma_y(sigma_y)
     timesteps = respaced_timesteps(schedule.T, steps).tolist()
     spaced = respace(schedule, torch.tensor(timesteps))
     x = start_noise(shape, generator, obs, device, dtype)  # x_{S-1} ~ N(0, I)
+    sigma_y = sigma_like(sigma_y, x)
     fixed = fixed_pixels(fixed, x)
     for i in reversed(range(steps)):
         x0 = apply_fixed(denoiser(x, timestep(timesteps[i], x)), fixed)

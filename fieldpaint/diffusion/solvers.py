@@ -23,8 +23,8 @@ from typing import Literal
 import torch
 
 from fieldpaint.diffusion.schedule import Schedule
-from fieldpaint.diffusion.steps import (Denoiser, Generators, apply_fixed, check_sigma_y, fixed_pixels,
-                                        paste_known, respaced_timesteps, start_noise, timestep)
+from fieldpaint.diffusion.steps import (Denoiser, Generators, SigmaY, apply_fixed, fixed_pixels, paste_known,
+                                        respaced_timesteps, sigma_like, start_noise, timestep)
 
 Spacing = Literal["time", "logsnr"]
 
@@ -60,7 +60,7 @@ def sampling_timesteps(schedule: Schedule, steps: int, spacing: Spacing) -> torc
 @torch.no_grad()
 def dpm_solver_2m(denoiser: Denoiser, shape: Sequence[int], schedule: Schedule, *, generator: Generators,
                   steps: int = 20, obs: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                  sigma_y: float = 0.0, fixed: torch.Tensor | None = None, spacing: Spacing = "logsnr",
+                  sigma_y: SigmaY = 0.0, fixed: torch.Tensor | None = None, spacing: Spacing = "logsnr",
                   device: torch.device | str | None = None,
                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; see the module docstring) for a CONDITIONAL
@@ -71,10 +71,10 @@ def dpm_solver_2m(denoiser: Denoiser, shape: Sequence[int], schedule: Schedule, 
     When obs and mask are given (and σ_y = 0) the observed values are pasted into the final x_0;
     x̂_0 = 0 at `fixed` pixels.
     """
-    check_sigma_y(sigma_y)
     timesteps = sampling_timesteps(schedule, steps, spacing).tolist()
     ac = schedule.alphas_cumprod[timesteps].tolist()
     x = start_noise(shape, generator, obs, device, dtype)  # x_{S-1} ~ N(0, I)
+    sigma_y = sigma_like(sigma_y, x)
     fixed = fixed_pixels(fixed, x)
     lam = [0.5 * math.log(a / (1 - a)) for a in ac]
     x0_prev, h_prev = None, None

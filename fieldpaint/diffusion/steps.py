@@ -16,6 +16,9 @@ from fieldpaint.diffusion.schedule import Prediction, Schedule, posterior_mean_v
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> x̂_0
 Generators = torch.Generator | Sequence[torch.Generator]
+# σ_y, the observation-noise std in normalised units: one float for every pixel, or a tensor
+# broadcastable to (B, C, H, W): per channel (1, C, 1, 1), per pixel (B, C, H, W). 0 = exact.
+SigmaY = float | torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,9 +117,30 @@ def observed(obs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch
     return torch.where(known, obs, torch.zeros_like(obs)), known
 
 
-def check_sigma_y(sigma_y: float) -> None:
+def check_sigma_y(sigma_y: SigmaY) -> None:
+    """σ_y >= 0: a float, or a tensor with no NaN and no negative entry."""
+    if isinstance(sigma_y, torch.Tensor):
+        if sigma_y.numel() and not bool((sigma_y >= 0).all()):
+            raise ValueError(f"sigma_y must be >= 0 everywhere, got min {float(sigma_y.min())}"
+                             f"{' and NaN' if bool(sigma_y.isnan().any()) else ''}")
+        return
     if not sigma_y >= 0.0:
         raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
+
+
+def sigma_like(sigma_y: SigmaY, like: torch.Tensor) -> SigmaY:
+    """σ_y checked, a float as it is, a tensor on like's device and dtype, broadcastable to like's shape."""
+    check_sigma_y(sigma_y)
+    if not isinstance(sigma_y, torch.Tensor):
+        return float(sigma_y)
+    if sigma_y.ndim > like.ndim or torch.broadcast_shapes(sigma_y.shape, like.shape) != like.shape:
+        raise ValueError(f"sigma_y of shape {tuple(sigma_y.shape)} does not broadcast to {tuple(like.shape)}")
+    return sigma_y.to(device=like.device, dtype=like.dtype)
+
+
+def is_noisy(sigma_y: SigmaY) -> bool:
+    """Whether any observation is noisy (σ_y > 0 somewhere)."""
+    return bool((sigma_y > 0).any()) if isinstance(sigma_y, torch.Tensor) else sigma_y > 0
 
 
 def fixed_pixels(fixed: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
@@ -134,11 +158,16 @@ def apply_fixed(x0: torch.Tensor, fixed: torch.Tensor | None) -> torch.Tensor:
 
 
 def paste_known(x: torch.Tensor, obs: torch.Tensor | None, mask: torch.Tensor | None,
-                sigma_y: float) -> torch.Tensor:
-    """The observed values where mask == 1 (σ_y = 0 only: noisy observations are not pasted)."""
-    if obs is None or mask is None or sigma_y > 0:
+                sigma_y: SigmaY) -> torch.Tensor:
+    """The observed values where mask == 1 and σ_y = 0: noisy observations are not pasted (with a
+    per-channel or per-pixel σ_y, the exact ones still are)."""
+    if obs is None or mask is None:
+        return x
+    if not isinstance(sigma_y, torch.Tensor) and sigma_y > 0:
         return x
     obs, known = observed(obs, mask)
+    if isinstance(sigma_y, torch.Tensor):
+        known = known & (sigma_y.to(known.device) == 0)
     return torch.where(known, obs, x)
 
 
@@ -205,7 +234,7 @@ def renoise_step(x_prev: torch.Tensor, beta: float, noise: torch.Tensor) -> torc
 
 
 def merge_known(x_unknown: torch.Tensor, obs: torch.Tensor, known: torch.Tensor, ac: float,
-                noise: torch.Tensor, sigma_y: float = 0.0) -> torch.Tensor:
+                noise: torch.Tensor, sigma_y: SigmaY = 0.0) -> torch.Tensor:
     """RePaint's merge (Lugmayr et al. 2022, Algorithm 1 lines 5-8) at noise level ᾱ = ac:
 
         x^known = √ᾱ y + √(1-ᾱ) ε,    x = m ⊙ x^known + (1 - m) ⊙ x^unknown
@@ -219,22 +248,34 @@ def merge_known(x_unknown: torch.Tensor, obs: torch.Tensor, known: torch.Tensor,
     ((1-w)² + w²)(1-ᾱ) + ..., not 1-ᾱ, and the pull towards y is not the likelihood's: on the
     Gaussian oracle the members are ~4x over-confident at observed pixels (spread 0.024 against
     the exact posterior's 0.092 at σ_y = 0.1; tests/test_samplers.py). Use `mmps` for σ_y > 0.
+    A tensor σ_y (per channel or pixel) applies the same rule pixel by pixel; where it is 0 the
+    merge is the exact one.
     """
-    if sigma_y == 0.0:
-        x_known = ac ** 0.5 * obs + (1 - ac) ** 0.5 * noise
-        return torch.where(known, x_known, x_unknown)
-    x_known = ac ** 0.5 * obs + max(1 - ac - ac * sigma_y ** 2, 0.0) ** 0.5 * noise
-    weight = min(1.0, ((1 - ac) / ac) ** 0.5 / sigma_y)
-    return torch.where(known, x_unknown + weight * (x_known - x_unknown), x_unknown)
+    if not isinstance(sigma_y, torch.Tensor):
+        if sigma_y == 0.0:
+            x_known = ac ** 0.5 * obs + (1 - ac) ** 0.5 * noise
+            return torch.where(known, x_known, x_unknown)
+        x_known = ac ** 0.5 * obs + max(1 - ac - ac * sigma_y ** 2, 0.0) ** 0.5 * noise
+        weight = min(1.0, ((1 - ac) / ac) ** 0.5 / sigma_y)
+        return torch.where(known, x_unknown + weight * (x_known - x_unknown), x_unknown)
+    x_known = ac ** 0.5 * obs + (1 - ac - ac * sigma_y ** 2).clamp(min=0.0).sqrt() * noise
+    ratio = ((1 - ac) / ac) ** 0.5
+    weight = torch.where(sigma_y > 0, (ratio / sigma_y.clamp(min=1e-30)).clamp(max=1.0), torch.ones_like(sigma_y))
+    merged = torch.where(weight == 1.0, x_known, x_unknown + weight * (x_known - x_unknown))
+    return torch.where(known, merged, x_unknown)
 
 
 def null_space_correction(x0: torch.Tensor, obs: torch.Tensor, known: torch.Tensor,
-                          weight: float = 1.0) -> torch.Tensor:
+                          weight: float | torch.Tensor = 1.0) -> torch.Tensor:
     """DDNM's range-null-space step for A = masking, A⁺ = Aᵀ (Wang et al. 2023, eq. 13 / eq. 17):
 
         x̂_{0|t} = x_{0|t} - λ A⁺(A x_{0|t} - y) = x_{0|t} + λ m ⊙ (y - x_{0|t})
 
-    λ = weight = 1 replaces the observed pixels by y exactly (the noise-free DDNM)."""
+    λ = weight = 1 replaces the observed pixels by y exactly (the noise-free DDNM); a tensor λ
+    (per channel or pixel) does so wherever it is 1."""
+    if isinstance(weight, torch.Tensor):
+        corrected = torch.where(weight == 1.0, obs, x0 + weight * (obs - x0))
+        return torch.where(known, corrected, x0)
     if weight == 1.0:
         return torch.where(known, obs, x0)
     return torch.where(known, x0 + weight * (obs - x0), x0)
