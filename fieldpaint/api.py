@@ -7,17 +7,79 @@
 
 `out` holds per variable the mean, `<name>_std` and, for diffusion methods, `<name>_members`
 along `realization`, with the input's coordinates and attributes (see fieldpaint.inpaint).
+
+Any grid: a diffusion model runs on its own grid (the run's data.height x data.width). An input
+grid that is smaller along an axis is padded there with never-valid pixels and the output cropped
+back (`OnModelGrid`); one that is larger is reconstructed from overlapping tiles of the model's
+grid blended with a raised-cosine window (fieldpaint.data.grid.reconstruct_tiled). Each tile
+is sampled independently (its own seed): in the overlaps the blend averages two samples, so an
+ensemble's spread there is somewhat lower than inside a tile.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import xarray as xr
 
+from fieldpaint.data.grid import crop, fit_shape, pad_to, reconstruct_tiled
 from fieldpaint.errors import FieldpaintError
+
+TILE_SEED_STRIDE = 7919  # tile i samples with seed + i * TILE_SEED_STRIDE: tiles are independent
+
+
+class OnModelGrid:
+    """A Reconstructor for a model of grid `grid` (H, W), applied to observations on any grid:
+    padded with never-valid pixels (mask 0, valid 0) where smaller, tiled where larger
+    (`overlap` pixels shared between tiles, default a quarter of the tile), cropped back."""
+
+    def __init__(self, inner, grid: tuple[int, int], overlap: tuple[int, int] | int | None = None):
+        self.inner, self.grid = inner, (int(grid[0]), int(grid[1]))
+        self.overlap = overlap if overlap is not None else (max(1, self.grid[0] // 4), max(1, self.grid[1] // 4))
+        self.name = inner.name
+
+    def __getattr__(self, key: str):  # steps, eta, jump_length, ... of the wrapped method
+        if key == "inner":
+            raise AttributeError(key)
+        return getattr(self.inner, key)
+
+    def reconstruct(self, obs: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, *, samples: int = 1,
+                    seed: int = 0):
+        from fieldpaint.reconstruct import Reconstruction
+
+        started, original = time.perf_counter(), tuple(obs.shape[-2:])
+        held = fit_shape(original, self.grid)
+        obs, mask, valid = (pad_to(a, held) for a in (obs, mask, valid))  # padding: mask 0, valid 0
+        if held == self.grid:
+            r = self.inner.reconstruct(obs, mask, valid, samples=samples, seed=seed)
+            mean, std, members, nfe = r.mean, r.std, r.members, r.nfe
+        else:
+            tiles = iter(range(10**9))
+            nfes = []
+
+            def one_tile(o, m, v):
+                r = self.inner.reconstruct(o, m, v, samples=samples, seed=seed + next(tiles) * TILE_SEED_STRIDE)
+                nfes.append(r.nfe)
+                return r.mean, r.std, r.members
+
+            mean, std, members = reconstruct_tiled(one_tile, [obs, mask, valid], self.grid, self.overlap)
+            nfe = max(nfes)
+            observed = ((mask > 0.5) & (valid > 0.5)).expand_as(mean)
+            if getattr(self.inner, "sigma_y", 0.0) == 0.0:  # observed values stay exact, as untiled
+                mean = torch.where(observed, obs.to(mean.dtype), mean)
+                std = torch.where(observed, torch.zeros_like(std), std)
+        return Reconstruction(mean=crop(mean, original), std=crop(std, original),
+                              members=None if members is None else crop(members, original), nfe=nfe,
+                              seconds=time.perf_counter() - started)
+
+
+def on_model_grid(method, config, overlap: tuple[int, int] | int | None = None):
+    """`method` wrapped to run any grid on the model grid of `config` (a run's Config)."""
+    return OnModelGrid(method, (config.data.height, config.data.width), overlap)
 
 
 @dataclass
@@ -29,6 +91,7 @@ class FieldReconstructor:
     train_data: str | Path | None = None
     gp: dict | None = None
     sampler: dict | None = None
+    tile_overlap: int | None = None  # pixels shared by neighbouring tiles on a grid larger than the model's
 
     def reconstruct(self, observations: xr.Dataset, *, variables: list[str] | None = None,
                     mask_variable: str | None = None, valid_variable: str | None = None, samples: int = 8,
@@ -52,21 +115,42 @@ class FieldReconstructor:
                                   f"got {len(variables)}: {', '.join(variables)}")
         obs = observations_from_dataset(observations, variables, mask_variable=mask_variable,
                                         valid_variable=valid_variable, source=source)
+        if valid_variable is None and self.run is not None:
+            _mark_never_valid(obs, self.run)
         if self.run is not None:
-            grid, expected = obs.values.shape[-2:], (self.run.config.data.height, self.run.config.data.width)
-            if spec.needs != "data" and tuple(grid) != expected:
-                raise FieldpaintError(f"the input grid is {grid[0]}x{grid[1]} but the model was trained on "
-                                      f"{expected[0]}x{expected[1]}")
             stats = FieldStats(tuple(variables), self.run.stats.mean, self.run.stats.std)  # the user's names
         else:
             stats = observation_stats(obs, variables)
         baseline = BaselineData(stats, {}, load_train=_train_loader(self.run, self.train_data, variables, stats))
         method = build_reconstructor(self.method, run=self.run, data=baseline, sampler=self.sampler or {},
                                      gp=self.gp or {}, seed=seed)
+        if spec.needs != "data":  # the model's grid: pad, tile, crop back
+            method = on_model_grid(method, self.run.config, self.tile_overlap)
         attrs = {"method": self.method, "checkpoint": str(self.run.checkpoint) if self.run is not None else ""}
         return reconstruct_observations(method, obs, variables, stats, samples=samples, seed=seed, attrs=attrs,
                                         history=history or history_line(f"fieldpaint.reconstructor("
                                                                         f"method={self.method!r}).reconstruct"))
+
+
+def _mark_never_valid(obs, run) -> None:
+    """Without a valid variable, the pixels never valid in the run's training data (land: NaN in
+    every training sample) stay never valid in the output, when the input is on that file's grid."""
+    import warnings
+
+    from fieldpaint.data.fields import never_valid_pixels
+    from fieldpaint.errors import DataError
+
+    path = run.config.data.path
+    if path is None or not Path(path).exists():
+        return
+    try:
+        land = never_valid_pixels(run.config.data)
+    except DataError as err:
+        warnings.warn(f"the run's never-valid pixels could not be read from {path}: {err}", stacklevel=3)
+        return
+    if land.shape == obs.valid.shape[-2:] and land.any():
+        obs.valid &= ~land
+        obs.mask &= ~land
 
 
 def default_method(run) -> str:
@@ -76,9 +160,10 @@ def default_method(run) -> str:
 
 def reconstructor(run: str | os.PathLike | None = None, *, method: str | None = None,
                   train_data: str | os.PathLike | None = None, gp: dict | None = None,
-                  **sampler_options) -> FieldReconstructor:
+                  tile_overlap: int | None = None, **sampler_options) -> FieldReconstructor:
     """A reconstructor from a run folder or checkpoint (diffusion methods; baselines may use its
-    statistics and training data), or from a baseline's name alone (`method="gp"`)."""
+    statistics and training data), or from a baseline's name alone (`method="gp"`). Diffusion
+    methods take any grid (`OnModelGrid`); `tile_overlap` sets the tiles' overlap in pixels."""
     from fieldpaint.reconstruct import check_method
 
     loaded = None
@@ -92,7 +177,7 @@ def reconstructor(run: str | os.PathLike | None = None, *, method: str | None = 
         method = default_method(loaded)
     if check_method(method).needs != "data" and loaded is None:
         raise FieldpaintError(f"method {method!r} needs a trained run (a run folder or checkpoint)")
-    return FieldReconstructor(method, loaded, train_data, gp, sampler_options)
+    return FieldReconstructor(method, loaded, train_data, gp, sampler_options, tile_overlap)
 
 
 def _train_loader(run, train_data, variables: list[str], stats):
@@ -106,7 +191,7 @@ def _train_loader(run, train_data, variables: list[str], stats):
 
         if train_data or run is None:
             return FieldDataset(path, variables, "train", stats=stats).fields()
-        d = run.config.data
+        d = run.config.data  # the file's own grid: the baselines need no padding
         return FieldDataset(path, d.variables, "train", stats=run.stats, sample_dim=d.sample_dim, y_dim=d.y_dim,
                             x_dim=d.x_dim, test_fraction=d.test_fraction).fields()
 

@@ -309,3 +309,58 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
     with pytest.raises(DataError, match="data.path is not set"):
         load_splits(DataConfig())
     assert not os.path.exists(tmp_path / "nothere.nc")
+
+
+# ----------------------------------------------------------------------------------------------
+# any grid: defaults from the file, padding, crops
+
+
+def _odd_file(tmp_path, h=18, w=50):
+    rng = np.random.default_rng(3)
+    sst = (20 + rng.standard_normal((N, h, w))).astype(np.float32)
+    sst[:, :4, :6] = np.nan  # land
+    ds = xr.Dataset({"sst": (("time", "lat", "lon"), sst),
+                     "lsm": (("time", "lat", "lon"), np.isnan(sst).astype(np.float32), {"flag_values": [0, 1]}),
+                     "land": (("lat", "lon"), np.isnan(sst[0]).astype(np.float32))})
+    path = tmp_path / "odd.nc"
+    ds.to_netcdf(path)
+    return path, sst
+
+
+def test_variables_and_grid_default_to_the_file_padded_for_the_model(tmp_path):
+    from fieldpaint.config import load_config
+
+    path, _ = _odd_file(tmp_path)
+    config = load_config("palette_slim", [f"data.path={path}"])
+    assert config.data.variables == ("sst",)  # not the flag variable, not the 2-D mask
+    assert (config.data.height, config.data.width) == (32, 64)  # 18x50 -> multiples of 2^4
+    small = load_config("palette_slim", [f"data.path={path}", "model.channels=[8,16]", "model.norm_groups=4",
+                                         "model.attention_heads=2"])
+    assert (small.data.height, small.data.width) == (20, 52)
+    assert DataConfig().variables == ("u", "v") and (DataConfig().height, DataConfig().width) == (64, 128)
+    assert DataConfig(path=str(path)).height == 18  # a data section alone: the file's own grid
+
+
+def test_padded_split_holds_no_extra_valid_pixel(tmp_path):
+    path, sst = _odd_file(tmp_path)
+    train, test = load_splits(DataConfig(path=str(path), variables=("sst",), height=20, width=52))
+    fields = train.fields()
+    assert fields.x.shape[-2:] == (20, 52) and fields.crop is None
+    assert int(fields.valid.sum()) == int(np.isfinite(sst[: len(fields)]).sum())
+    assert (fields.x[..., 18:, :] == 0).all() and (fields.valid[..., :, 50:] == 0).all()
+    unpadded = FieldDataset(path, ["sst"], "train").fields()
+    torch.testing.assert_close(fields.x[..., :18, :50], unpadded.x)
+    assert train.stats == FieldDataset(path, ["sst"], "train").stats  # padding never enters the statistics
+
+
+def test_larger_file_grid_gives_random_crops_or_an_error(tmp_path):
+    path, _ = _odd_file(tmp_path, 24, 40)
+    data = DataConfig(path=str(path), variables=("sst",), height=16, width=32)
+    fields = load_splits(data)[0].fields()
+    assert fields.x.shape[-2:] == (24, 40) and fields.crop == (16, 32)
+    x0, valid = fields.batch(torch.arange(4), seed=0, step=0)
+    assert x0.shape == (4, 1, 16, 32) and valid.shape == (4, 1, 16, 32)
+    again, _ = fields.batch(torch.arange(4), seed=0, step=0)
+    assert torch.equal(x0, again)
+    with pytest.raises(DataError, match="data.crop"):
+        load_splits(DataConfig(path=str(path), variables=("sst",), height=16, width=32, crop=False))

@@ -25,6 +25,8 @@ from fieldpaint.models.structure import ARCHITECTURES, ATTENTION_KINDS, validate
 MIN_GRID = 8  # smallest H and W: the UNet halves the grid at least three times (data.fields reads it)
 MAX_GRID = 32768  # largest H and W: a guard against typos, far above any gridded product
 PERIODICITIES = ("none", "x", "y", "xy")  # axes on which a field wraps around (a file's `periodic` attribute)
+NOMINAL_GRID = (64, 128)  # the grid of a config that names no data file (the notes' Kolmogorov grid)
+NOMINAL_VARIABLES = ("u", "v")  # the channels of a config that names no data file (the notes' velocity)
 
 MaskFamily = Literal[MASK_FAMILIES]  # type: ignore[valid-type]  # built from the one list, data.masks
 AttentionKind = Literal[ATTENTION_KINDS]  # type: ignore[valid-type]
@@ -106,17 +108,46 @@ class Section:
 
 @dataclass(frozen=True)
 class DataConfig(Section):
+    """Which file, which variables and which grid. Unset values come from the file when the config
+    is built (`from_file`): every gridded data variable, and the file's grid (padded by
+    `fieldpaint.config.loading` to what the model divides); a config naming no file gets the
+    nominal NOMINAL_VARIABLES on NOMINAL_GRID, so that its model can be counted and built.
+
+    The grid is the MODEL's grid. A file grid smaller along an axis is padded there (bottom/right)
+    with never-valid pixels; a larger one is trained on random crops of height x width (`crop`)
+    and reconstructed from overlapping tiles (fieldpaint.data.grid)."""
+
     SECTION: ClassVar[str] = "data"
     path: str | None = None  # NetCDF/Zarr/npz file (make one with `fieldpaint data generate`)
-    variables: tuple[str, ...] = ("u", "v")  # data variables, one channel each
-    height: int = count(64, MIN_GRID, MAX_GRID)  # H (y), grid rows
-    width: int = count(128, MIN_GRID, MAX_GRID)  # W (x), grid columns
+    variables: tuple[str, ...] = ()  # data variables, one channel each; () = every gridded data variable of the file
+    height: int | None = count(None, MIN_GRID, MAX_GRID)  # H (y), the model's grid rows; None = the file's, padded
+    width: int | None = count(None, MIN_GRID, MAX_GRID)  # W (x), the model's grid columns; None = the file's, padded
+    crop: bool = True  # a file grid larger than height x width: train on random crops of it (False: an error)
+    streaming: bool = False  # read training batches lazily from the file (fieldpaint.data.stream), not all into memory
+    cache_chunks: int = count(64, 1, 2**20)  # streaming: file chunks kept in the LRU cache (per process)
     sample_dim: str | None = None  # name of the sample/time dimension; None = detect
     y_dim: str | None = None  # name of the row dimension; None = detect (y, lat, ...)
     x_dim: str | None = None  # name of the column dimension; None = detect (x, lon, ...)
     test_fraction: float = number(0.1, gt=0.0, lt=1.0)  # used only when the file has no `split` variable
     train_samples: int | None = count(None, 1, 2**40)  # keep only the first N training samples (None = all)
     periodic: Periodic = "auto"  # axes the field wraps around on; "auto" = the file's `periodic` attribute, else none
+
+    def __post_init__(self) -> None:
+        if not self.variables or self.height is None or self.width is None:
+            variables, (height, width) = self.from_file() if self.path is not None else \
+                (NOMINAL_VARIABLES, NOMINAL_GRID)
+            object.__setattr__(self, "variables", tuple(self.variables or variables))
+            object.__setattr__(self, "height", height if self.height is None else self.height)
+            object.__setattr__(self, "width", width if self.width is None else self.width)
+        super().__post_init__()
+
+    def from_file(self) -> tuple[tuple[str, ...], tuple[int, int]]:
+        """(the variables, the (H, W) grid) of `path` as this config reads it: the named
+        variables, else every gridded data variable (fieldpaint.data.layout.gridded_variables)."""
+        from fieldpaint.data.layout import file_grid  # data imports config: only at call time
+
+        variables, grid = file_grid(self.path, self.variables, self.sample_dim, self.y_dim, self.x_dim)
+        return tuple(variables), grid
 
     def check(self) -> None:
         if not self.variables:
@@ -179,8 +210,8 @@ class TrainConfig(Section):
     seed: int = count(0, 0, 2**63 - 1)  # seeds the initial weights, the batch order and each batch's noise and masks
     eval_train_samples: int = count(1024, 0, 2**40)  # fixed train subset scored each epoch; 0 = the full train split
     overfit_patience: int = count(5, 1, 1_000_000)  # warn of overfitting once the best test loss is this old (epochs)
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast
-    channels_last: bool = False  # NHWC memory format (faster convolutions and GroupNorm on CPU)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 = autocast; auto = bf16 where the device does bf16 natively (runtime.resolve_precision), else fp32
+    channels_last: Union[Literal["auto"], bool] = "auto"  # NHWC memory format (faster convolutions and GroupNorm on CPU); auto = on with bf16
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # torch.use_deterministic_algorithms
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

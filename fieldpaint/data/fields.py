@@ -14,7 +14,10 @@ The path of one file through this module:
    never-valid pixels such as land in an ocean field); inf is an error, not a mask;
 6. z-score each channel with train-split statistics over valid pixels (`FieldStats`), then set
    invalid pixels to 0 so the network sees finite numbers; the mask travels with every sample so
-   that losses and scores can ignore those pixels.
+   that losses and scores can ignore those pixels;
+7. fit the model's grid (`grid`, the config's data.height x data.width; fieldpaint.data.grid):
+   along an axis where the file is smaller, pad with never-valid pixels; where it is larger, keep
+   the file's extent and let `FieldSplit.batch` cut random crops of the model's grid.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import xarray as xr
 from torch.utils.data import Dataset
 
 from fieldpaint.config import MIN_GRID, PERIODICITIES, DataConfig
+from fieldpaint.data.grid import crop_generator, crop_offsets, fit_shape, pad_fields, take_crops
 from fieldpaint.data.io import SPLIT_VALUES, SPLIT_VARIABLE, open_dataset
 from fieldpaint.data.layout import (X_DIM_NAMES, Y_DIM_NAMES, SAMPLE_DIM_NAMES, GridLayout,  # noqa: F401
                                     dataset_layout, file_variables, find_layout, gridded_variables)
@@ -106,6 +110,11 @@ def compute_stats(x: np.ndarray, valid: np.ndarray, variables: Sequence[str]) ->
         raise DataError("no valid pixel to compute normalisation statistics from")
     mean = _masked_channel_sum(x, valid, lambda b: b) / count
     var = _masked_channel_sum(x, valid, lambda b: (b - mean[:, None, None]) ** 2) / count
+    return stats_from_moments(mean, var, variables)
+
+
+def stats_from_moments(mean: np.ndarray, var: np.ndarray, variables: Sequence[str]) -> FieldStats:
+    """FieldStats from per-channel float64 means and variances; DataError for a constant channel."""
     std = np.sqrt(var)
     for name, m, s in zip(variables, mean, std):
         if s <= CONSTANT_RTOL * abs(m) or s == 0:
@@ -135,12 +144,19 @@ def periodic_axes(setting: str, attrs: Mapping[str, Any]) -> tuple[bool, bool]:
     return "y" in value, "x" in value
 
 
-def check_grid(height: int, width: int, expected: tuple[int, int] | None) -> None:
+def check_grid(height: int, width: int, expected: tuple[int, int] | None, grid: tuple[int, int] | None = None,
+               crop: bool = True) -> None:
+    """The file's grid is usable: large enough, equal to `expected` (when given), and not larger
+    than the model's `grid` along an axis unless `crop` (random crops of it are trained)."""
     if height < MIN_GRID or width < MIN_GRID:
         raise DataError(f"grid {height}x{width} is too small (at least {MIN_GRID}x{MIN_GRID})")
     if expected is not None and (height, width) != tuple(expected):
         raise DataError(f"grid is {height}x{width} but {expected[0]}x{expected[1]} was expected "
                         "(data.height x data.width)")
+    if grid is not None and not crop and (height > grid[0] or width > grid[1]):
+        raise DataError(f"grid is {height}x{width}, larger than the model's {grid[0]}x{grid[1]} "
+                        "(data.height x data.width), and data.crop is false: set data.crop=true to train "
+                        "on random crops, or leave data.height and data.width unset to use the whole grid")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,12 +260,15 @@ class FieldSplit:
     """A split held in memory: what training, evaluation and the baselines work on.
 
     x (N, C, H, W) normalised, 0 at never-valid pixels; valid (N, 1, H, W) float 0/1; index (N,)
-    each sample's position along the file's sample dimension.
+    each sample's position along the file's sample dimension. `crop` (h, w): the model's grid when
+    the held grid is larger; `batch` then cuts random h x w windows (None: the held grid is the
+    model's).
     """
 
     x: torch.Tensor
     valid: torch.Tensor
     index: np.ndarray
+    crop: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -257,14 +276,36 @@ class FieldSplit:
     def take(self, rows: Sequence[int] | np.ndarray | slice) -> FieldSplit:
         """The samples at `rows` (a slice, or positions within this split)."""
         if isinstance(rows, slice):
-            return FieldSplit(self.x[rows], self.valid[rows], self.index[rows])
+            return FieldSplit(self.x[rows], self.valid[rows], self.index[rows], self.crop)
         rows = np.asarray(rows, dtype=np.int64)
         picked = torch.from_numpy(rows)
-        return FieldSplit(self.x[picked], self.valid[picked], self.index[rows])
+        return FieldSplit(self.x[picked], self.valid[picked], self.index[rows], self.crop)
 
     def first(self, n: int) -> FieldSplit:
         """The first n samples (n <= 0: all)."""
         return self if n <= 0 or n >= len(self) else self.take(slice(0, n))
+
+    def batch(self, index: torch.Tensor | np.ndarray | Sequence[int], *, seed: int = 0, step: int = 0,
+              share: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, valid) of the samples at `index` (positions in this split) on the model's grid:
+        random crops drawn from `crop_generator(seed, step)` for the whole `index` when the held
+        grid is larger, then cut to `share` (a DDP rank's part), so the crops do not depend on the
+        number of processes. `fieldpaint.data.stream.StreamingSplit.batch` gives the same."""
+        index = torch.as_tensor(np.asarray(index), dtype=torch.int64)
+        offsets = batch_offsets(len(index), tuple(self.x.shape[-2:]), self.crop, seed, step)
+        picked = index[share]
+        x0, valid = self.x[picked], self.valid[picked]
+        if offsets is None:
+            return x0, valid
+        return take_crops(x0, offsets[share], self.crop), take_crops(valid, offsets[share], self.crop)
+
+
+def batch_offsets(n: int, grid: tuple[int, int], shape: tuple[int, int] | None, seed: int,
+                  step: int) -> np.ndarray | None:
+    """(n, 2) crop corners of one batch of n samples (None when the grid is the model's)."""
+    if shape is None or tuple(shape) == tuple(grid):
+        return None
+    return crop_offsets(n, grid, shape, crop_generator(seed, step))
 
 
 class FieldDataset(Dataset):
@@ -275,6 +316,10 @@ class FieldDataset(Dataset):
     given (the test split and inference reuse the train statistics), else from the train split of
     the same source (limited to `max_samples` when `split` is 'train').
 
+    `grid` (H, W): the model's grid: the file's grid is padded to it with never-valid pixels
+    along an axis where it is smaller; where it is larger, `crop` allows it (`fields().batch` cuts
+    random crops) or not (DataError). `expected_shape`: the file's grid must be exactly this.
+
     `max_samples` keeps the first N samples of the split. Items are
     dict(x=(C, H, W) float32 with never-valid pixels 0, valid=(1, H, W) float32 0/1,
     index=position of the sample along the file's sample dim).
@@ -283,7 +328,10 @@ class FieldDataset(Dataset):
     def __init__(self, source: str | Path | xr.Dataset, variables: Sequence[str], split: Split = "train", *,
                  stats: FieldStats | None = None, sample_dim: str | None = None, y_dim: str | None = None,
                  x_dim: str | None = None, test_fraction: float = 0.1, max_samples: int | None = None,
-                 expected_shape: tuple[int, int] | None = None) -> None:
+                 expected_shape: tuple[int, int] | None = None, grid: tuple[int, int] | None = None,
+                 crop: bool = True) -> None:
+        self.model_grid = None if grid is None else (int(grid[0]), int(grid[1]))
+        self.crop = crop
         self.variables = tuple(variables)
         if not self.variables:
             raise DataError("at least one variable is needed")
@@ -306,7 +354,7 @@ class FieldDataset(Dataset):
         layout = dataset_layout(ds, self.variables, sample_dim, y_dim, x_dim)
         self.sample_dim, self.y_dim, self.x_dim = layout.sample_dim, layout.y_dim, layout.x_dim
         self.height, self.width = int(ds.sizes[layout.y_dim]), int(ds.sizes[layout.x_dim])
-        check_grid(self.height, self.width, expected_shape)
+        check_grid(self.height, self.width, expected_shape, self.model_grid, self.crop)
         n_samples = int(ds.sizes[layout.sample_dim]) if layout.sample_dim else 1
         labels = split_labels(ds, layout, n_samples, test_fraction)
         self.sample_index = split_indices(labels, split, source)[:max_samples]
@@ -321,6 +369,8 @@ class FieldDataset(Dataset):
             del x_train
         self.stats = stats
         normalize_in_place(x, valid, stats)
+        if self.model_grid is not None:  # padding is never valid: x = 0 and valid = False there
+            x, valid = pad_fields(x, valid, fit_shape((self.height, self.width), self.model_grid))
         self._x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         self._valid = torch.from_numpy(valid)
         self.attrs = {str(k): _plain(v) for k, v in ds.attrs.items()}
@@ -335,18 +385,49 @@ class FieldDataset(Dataset):
     def fields(self) -> FieldSplit:
         """The whole split in memory. x is the dataset's own storage (no 600 MB copy): do not
         modify it in place."""
-        return FieldSplit(self._x, self._valid.to(torch.float32), np.asarray(self.sample_index))
+        held = tuple(self._x.shape[-2:])
+        crop = self.model_grid if self.model_grid is not None and held != self.model_grid else None
+        return FieldSplit(self._x, self._valid.to(torch.float32), np.asarray(self.sample_index), crop)
+
+
+def data_options(data_config: DataConfig) -> dict[str, Any]:
+    """The FieldDataset keywords a data config implies: dims, split rule, the model's grid, crops."""
+    return dict(sample_dim=data_config.sample_dim, y_dim=data_config.y_dim, x_dim=data_config.x_dim,
+                test_fraction=data_config.test_fraction, grid=(data_config.height, data_config.width),
+                crop=data_config.crop)
+
+
+def load_split(data_config: DataConfig, split: Split, stats: FieldStats | None = None,
+               max_samples: int | None = None, path: str | Path | None = None) -> FieldDataset:
+    """One split of `path` (default data.path) as `data_config` reads it, on the model's grid."""
+    return FieldDataset(path or data_config.path, data_config.variables, split, stats=stats,
+                        max_samples=max_samples, **data_options(data_config))
 
 
 def load_splits(data_config: DataConfig, stats: FieldStats | None = None) -> tuple[FieldDataset, FieldDataset]:
-    """(train, test) from `data.path`: train statistics computed (or the given ones, e.g. a
-    checkpoint's on resume), the test split reusing them."""
+    """(train, test) from `data.path` on the model's grid (padded, or kept larger for crops):
+    train statistics computed (or the given ones, e.g. a checkpoint's on resume), the test split
+    reusing them."""
     if data_config.path is None:
         raise DataError("data.path is not set: generate a dataset first (fieldpaint data generate ...)")
-    options = dict(sample_dim=data_config.sample_dim, y_dim=data_config.y_dim, x_dim=data_config.x_dim,
-                   test_fraction=data_config.test_fraction,
-                   expected_shape=(data_config.height, data_config.width))
+    options = data_options(data_config)
     train = FieldDataset(data_config.path, data_config.variables, "train", stats=stats,
                          max_samples=data_config.train_samples, **options)
     test = FieldDataset(data_config.path, data_config.variables, "test", stats=train.stats, **options)
     return train, test
+
+
+def never_valid_pixels(data_config: DataConfig, path: str | Path | None = None) -> np.ndarray:
+    """(H, W) bool on the file's grid: pixels not valid in any train sample of `path` (default
+    data.path), e.g. land in an ocean field; read in blocks of STATS_CHUNK samples."""
+    source = path or data_config.path
+    with open_dataset(source) as ds:
+        layout = dataset_layout(ds, data_config.variables, data_config.sample_dim, data_config.y_dim,
+                                data_config.x_dim)
+        n = int(ds.sizes[layout.sample_dim]) if layout.sample_dim else 1
+        train = split_indices(split_labels(ds, layout, n, data_config.test_fraction), "train", str(source))
+        seen = np.zeros((ds.sizes[layout.y_dim], ds.sizes[layout.x_dim]), dtype=bool)
+        for start in range(0, len(train), STATS_CHUNK):
+            block = read_fields(ds, data_config.variables, layout, train[start:start + STATS_CHUNK], str(source))
+            seen |= np.isfinite(block).all(axis=1).any(axis=0)
+    return ~seen

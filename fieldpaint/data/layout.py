@@ -16,6 +16,9 @@ SAMPLE_DIM_NAMES = ("sample", "samples", "time", "t", "member", "ensemble", "rea
 Y_DIM_NAMES = ("y", "lat", "latitude", "rows", "row", "nlat", "ny", "yc", "rlat", "south_north")
 X_DIM_NAMES = ("x", "lon", "longitude", "cols", "col", "columns", "nlon", "nx", "xc", "rlon", "west_east")
 
+FLAG_NAMES = ("mask", "valid", "land", "land_mask", "landmask", "lsm", "sea_mask", "observed", "split")
+FLAG_ATTRS = ("flag_values", "flag_meanings", "flag_masks")
+
 
 @dataclass(frozen=True)
 class GridLayout:
@@ -89,9 +92,12 @@ def gridded_variables(ds: xr.Dataset) -> list[str]:
     largest number of dims any such variable has (so a 2-D land mask beside (time, y, x) fields
     is left out), not the split and not 0/1 flags."""
     candidates = []
+    bounds = {str(v.attrs.get("bounds")) for v in ds.variables.values() if "bounds" in v.attrs}
     for name, da in ds.data_vars.items():
-        if name == SPLIT_VARIABLE or da.dtype.kind not in "fiu" or da.ndim < 2:
+        if name == SPLIT_VARIABLE or da.dtype.kind not in "fiu" or da.ndim < 2 or name in bounds:
             continue
+        if str(name).lower() in FLAG_NAMES or any(k in da.attrs for k in FLAG_ATTRS):
+            continue  # a mask: CF flags (flag_values / flag_meanings / flag_masks) or a usual mask name
         try:
             find_layout(str(name), da.dims, da.sizes)
         except DataError:
@@ -111,3 +117,16 @@ def file_variables(path: str | Path) -> list[str]:
     if not names:
         raise DataError(f"{path} has no gridded data variable (one with two spatial dims)")
     return names
+
+
+def file_grid(path: str | Path, variables: Sequence[str] = (), sample_dim: str | None = None,
+              y_dim: str | None = None, x_dim: str | None = None) -> tuple[list[str], tuple[int, int]]:
+    """(variables, (H, W)) of a file as a config reads it: the named variables (all of them must
+    exist and share one layout), else every gridded data variable in file order; the grid of
+    their (y, x) dims. Reads only metadata."""
+    with open_dataset(path) as ds:
+        names = list(variables) or gridded_variables(ds)
+        if not names:
+            raise DataError(f"{path} has no gridded data variable (one with two spatial dims)")
+        layout = dataset_layout(ds, names, sample_dim, y_dim, x_dim)
+        return names, (int(ds.sizes[layout.y_dim]), int(ds.sizes[layout.x_dim]))
