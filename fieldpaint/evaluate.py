@@ -237,6 +237,7 @@ def build_methods(names: list[str], runs: list, baseline_data, *, sampler: dict,
                   per_method: dict[str, dict] | None = None) -> dict[str, Reconstructor]:
     """Reconstructors for `names`; a diffusion method once per run whose model fits it (labelled
     RUN:method when there are several runs). Both kriging candidates of the reference always run."""
+    from fieldpaint.api import on_model_grid
     from fieldpaint.reconstruct import build_reconstructor, check_method, fits
 
     wanted = [k for k in ("gp", "gp-dataset") if k not in names] + list(names)
@@ -252,7 +253,8 @@ def build_methods(names: list[str], runs: list, baseline_data, *, sampler: dict,
                                   f"{'a conditional' if fits(name, True) else 'an unconditional'} model is needed")
         for run in fitting:
             label = name if len(runs) == 1 else f"{run.label}:{name}"
-            methods[label] = build_reconstructor(name, run=run, sampler={**sampler, **own}, seed=seed)
+            built = build_reconstructor(name, run=run, sampler={**sampler, **own}, seed=seed)
+            methods[label] = on_model_grid(built, run.config)  # pads (or tiles) to the model's grid
     return methods
 
 

@@ -152,9 +152,13 @@ def reconstruct_observations(method, obs: Observations, variables: list[str], st
     members = None if result.members is None else stats.denormalize(result.members.cpu().numpy())
     attrs = {**attrs, "samples": samples if members is not None else 0, "seed": seed, "nfe": int(result.nfe),
              "seconds": float(result.seconds), "fieldpaint_version": __version__}
-    for key in ("steps", "eta", "sigma_y", "cg_iterations"):
+    for key in ("steps", "eta", "cg_iterations"):
         if hasattr(method, key):
-            attrs[key] = float(getattr(method, key)) if key in ("eta", "sigma_y") else int(getattr(method, key))
+            attrs[key] = float(getattr(method, key)) if key == "eta" else int(getattr(method, key))
+    if hasattr(method, "sigma_y"):
+        from fieldpaint.diffusion.reconstructor import sigma_y_attribute
+
+        attrs["sigma_y"] = sigma_y_attribute(method.sigma_y)  # normalised units
     if attrs.get("method") == "repaint":
         attrs.update(jump_length=method.jump_length, jump_n_sample=method.jump_n_sample)
     return reconstruction_dataset(obs, variables, mean, std, members, attrs, history)

@@ -73,9 +73,6 @@ def test_inpaint_writes_the_original_grid_with_land_as_fill(trained):
     np.testing.assert_array_equal(rec.latitude.values, ds.latitude.values)
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.py loads the fields on the file's grid and runs the model on "
-                                       "it; needs the diffusion methods wrapped in fieldpaint.api.on_model_grid "
-                                       "(see the lead's note)")
 def test_evaluate_scores_only_valid_pixels_of_the_original_grid(trained):
     root, _, run, _ = trained
     out = root / "E"

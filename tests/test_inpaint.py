@@ -80,11 +80,13 @@ def test_mismatches_are_one_line_errors(runs, tmp_path, capsys, run, method, ext
     assert message in err and err.count("\n") == 1 and not (tmp_path / "rec.nc").exists()
 
 
-def test_grid_mismatch_and_missing_checkpoint(runs, tmp_path, capsys):
+def test_another_grid_is_padded_and_a_missing_checkpoint_is_an_error(runs, tmp_path, capsys):
     xr.Dataset({"a": (("y", "x"), np.ones((8, 32))), "b": (("y", "x"), np.ones((8, 32)))}).to_netcdf(tmp_path / "small.nc")
-    assert _inpaint(runs / "none", tmp_path / "small.nc", tmp_path / "rec.nc", "ddnm") == 2
-    assert "8x32" in capsys.readouterr().err
-    assert _inpaint(tmp_path / "nothing", runs / "obs.nc", tmp_path / "rec.nc", "ddnm") == 2
+    # a grid the model does not have is padded to the model's grid and cropped back
+    assert _inpaint(runs / "none", tmp_path / "small.nc", tmp_path / "rec.nc", "ddnm") == 0
+    with xr.open_dataset(tmp_path / "rec.nc") as rec:
+        assert rec["a"].shape[-2:] == (8, 32) and np.isfinite(rec["a"].values).all()
+    assert _inpaint(tmp_path / "nothing", runs / "obs.nc", tmp_path / "rec2.nc", "ddnm") == 2
     assert "checkpoint" in capsys.readouterr().err
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from fieldpaint.cli.options import check_in, names, positive_float, positive_int
+from fieldpaint.errors import FieldpaintError
 from fieldpaint.reconstruct import METHOD_NAMES, METHODS
 
 
@@ -54,6 +55,13 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     from fieldpaint.inpaint import inpaint_file
     from fieldpaint.reconstruct import METHODS
 
+    if args.method is None:  # the run's own kind of sampler
+        if args.checkpoint is None:
+            raise FieldpaintError("name a --method (a baseline such as gp needs no run) or a --checkpoint")
+        from fieldpaint.api import default_method
+        from fieldpaint.runs import load_run
+
+        args.method = default_method(load_run(args.checkpoint))
     diffusion = METHODS[args.method].needs != "data"
     options = {**_sampler_options(args), "progress": not args.no_progress} if diffusion else {}
     sigma_y = normalised_sigma_y(args) if diffusion else None
@@ -124,8 +132,9 @@ def add_inpaint_parser(sub: argparse._SubParsersAction) -> None:
                    "needed by diffusion methods, optional for baselines (its statistics and training data)")
     p.add_argument("--input", required=True, help="NetCDF/Zarr file with the model's variables")
     p.add_argument("--out", required=True, help="output NetCDF file")
-    p.add_argument("--method", required=True, choices=METHOD_NAMES,
-                   help="; ".join(f"{n}: {s.summary}" for n, s in METHODS.items()))
+    p.add_argument("--method", default=None, choices=METHOD_NAMES,
+                   help="default: conditional for a conditional run, ddnm for an unconditional one. "
+                   + "; ".join(f"{n}: {s.summary}" for n, s in METHODS.items()))
     p.add_argument("--train-data", default=None, help="dataset file whose train split gp-dataset fits its "
                    "kernel on (default: the run's data)")
     p.add_argument("--variables", default=None, help="comma-separated input variables, in the model's "

@@ -385,6 +385,7 @@ def generate_kolmogorov(
         "domain_x": DOMAIN_X,
         "domain_y": DOMAIN_Y,
         "periodic": "xy",  # doubly periodic box: read by data.periodic = "auto"
+        "default_variables": "u,v",  # the velocity; vorticity is derived from it (data.variables = () reads this)
         "height": height,
         "width": width,
         "internal_height": height * plan.oversample,

@@ -90,7 +90,11 @@ def dataset_layout(ds: xr.Dataset, variables: Sequence[str], sample_dim: str | N
 def gridded_variables(ds: xr.Dataset) -> list[str]:
     """The data variables that are fields, in file order: numeric, with both spatial dims and the
     largest number of dims any such variable has (so a 2-D land mask beside (time, y, x) fields
-    is left out), not the split and not 0/1 flags."""
+    is left out), not the split and not 0/1 flags. A file may name its own in a global attribute
+    `default_variables` ("u,v": the Kolmogorov generator's velocity, whose vorticity is derived)."""
+    declared = [v.strip() for v in str(ds.attrs.get("default_variables", "")).split(",") if v.strip()]
+    if declared and all(v in ds.data_vars for v in declared):
+        return declared
     candidates = []
     bounds = {str(v.attrs.get("bounds")) for v in ds.variables.values() if "bounds" in v.attrs}
     for name, da in ds.data_vars.items():
