@@ -60,14 +60,13 @@ class EMA:
         """Fold the current weights into the shadow; returns the decay used."""
         d = ema_decay_at(step, self.decay, self.warmup_steps)
         params, buffers = _split(model)
-        for name, p in params.items():
-            s = self.shadow[name]
-            if s.is_floating_point():
-                s.lerp_(p.detach().float(), 1.0 - d)  # = d·s + (1-d)·p; exactly p at d = 0
-            else:
-                s.copy_(p.detach())
-        for name, b in buffers.items():
-            self.buffers[name].copy_(b.detach())
+        floats = [name for name, s in self.shadow.items() if s.is_floating_point()]
+        if floats:  # one multi-tensor op: s = d·s + (1-d)·p, exactly p at d = 0 (as s.lerp_ per tensor)
+            torch._foreach_lerp_([self.shadow[n] for n in floats], [params[n].detach().float() for n in floats], 1.0 - d)
+        for name in self.shadow.keys() - set(floats):
+            self.shadow[name].copy_(params[name].detach())
+        if buffers:
+            torch._foreach_copy_([self.buffers[n] for n in buffers], [b.detach() for b in buffers.values()])
         return d
 
     @torch.no_grad()

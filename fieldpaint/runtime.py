@@ -1,4 +1,4 @@
-"""Where the training runs: device choice, seeds, determinism, and DistributedDataParallel setup.
+"""Where the training runs: device choice, precision, seeds, determinism, and DistributedDataParallel setup.
 
 `torchrun --nproc_per_node N -m fieldpaint train ...` sets RANK/WORLD_SIZE/LOCAL_RANK; a plain
 run has none and is rank 0 of 1. NCCL is used on GPUs, gloo on CPU.
@@ -50,6 +50,59 @@ def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {name!r} was asked for but MPS is not available")
     return device
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the training runs on its device: `train.precision` and `train.channels_last` resolved."""
+
+    name: str  # "bf16" (autocast of forward and loss; fp32 weights, optimizer and EMA) or "fp32"
+    channels_last: bool  # model and activations stored NHWC
+    reason: str  # why, for the run header
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.name == "bf16" else None
+
+    def describe(self) -> str:
+        layout = " + channels_last" if self.channels_last else ""
+        return f"{'bf16 autocast' if self.name == 'bf16' else 'fp32'}{layout} ({self.reason})"
+
+
+def bf16_native(device: torch.device) -> tuple[bool, str]:
+    """(whether `device` computes bf16 natively, the hardware feature that says so).
+
+    CPUs: AVX512-BF16 or AMX tiles, as torch's own dispatch reports them; without them torch
+    emulates bf16 and autocast is slower than fp32. CUDA: a GPU with native bf16 (Ampere or
+    later). Apple's MPS and other devices: no (fp32 there)."""
+    if device.type == "cpu":
+        cpu = torch.cpu
+        if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+            return True, "this CPU has AMX"
+        if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+            return True, "this CPU has AVX512-BF16"
+        return False, "this CPU has neither AVX512-BF16 nor AMX"
+    if device.type == "cuda":
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch before the including_emulation argument
+            native = torch.cuda.is_bf16_supported()
+        return native, f"{torch.cuda.get_device_name(device)} {'has' if native else 'lacks'} native bf16"
+    return False, f"no native bf16 on {device.type}"
+
+
+def resolve_precision(precision: str, channels_last: bool | str, device: torch.device) -> Precision:
+    """train.precision 'auto' is bf16 where `bf16_native(device)`, fp32 elsewhere; 'fp32' and
+    'bf16' are taken as given. train.channels_last 'auto' follows the precision: on with bf16
+    (where NHWC makes bf16 convolutions ~3x and GroupNorm several times faster on CPU), off
+    with fp32, which thereby computes exactly as it always did."""
+    if precision == "auto":
+        native, why = bf16_native(device)
+        name, reason = ("bf16" if native else "fp32"), f"train.precision auto: {why}"
+    else:
+        name, reason = precision, f"train.precision {precision}"
+    layout = name == "bf16" if channels_last == "auto" else bool(channels_last)
+    return Precision(name, layout, reason)
 
 
 def seed_everything(seed: int) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from fieldpaint.config import load_config, preset_names
 from fieldpaint.errors import ConfigError
 from fieldpaint.models.attention import SelfAttention
-from fieldpaint.models.layers import timestep_embedding
+from fieldpaint.models.layers import _GroupNormSiLU, group_norm, group_norm_silu, timestep_embedding
 from fieldpaint.models.registry import build_model, count_parameters, describe_parameters
 from fieldpaint.models.unet import UNet
 
@@ -272,3 +272,61 @@ def test_impossible_model_configs_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config("standard_attn", [override])
 
+
+
+# ------------------------------------------------------------------------ fused GroupNorm-SiLU
+
+CL = dict(memory_format=torch.channels_last)
+
+
+def _gn_inputs():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 6, 4, 5, generator=g, dtype=torch.float64) * 2 + 3).contiguous(**CL)  # mean far from 0
+    scale, shift = (torch.randn(3, 6, 1, 1, generator=g, dtype=torch.float64) for _ in range(2))
+    norm = group_norm(6, 2).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+        norm.bias.uniform_(-0.5, 0.5, generator=g)
+    return x, scale, shift, norm
+
+
+def test_fused_group_norm_silu_gradients_match_finite_differences():
+    # torch.autograd.gradcheck in float64 (finite differences): the hand-written backward of
+    # _GroupNormSiLU against its forward, with and without the scale-shift.
+    x, scale, shift, norm = _gn_inputs()
+    args = [t.detach().requires_grad_() for t in (x, norm.weight, norm.bias, scale, shift)]
+    assert torch.autograd.gradcheck(lambda *a: _GroupNormSiLU.apply(*a, 2, 1e-6), args)
+    assert torch.autograd.gradcheck(lambda *a: _GroupNormSiLU.apply(*a, None, None, 2, 1e-6), args[:3])
+
+
+def test_fused_group_norm_silu_equals_the_plain_expression():
+    silu = torch.nn.functional.silu
+    x, scale, shift, norm = _gn_inputs()
+    fused = group_norm_silu(x, norm, scale, shift)
+    assert fused.is_contiguous(**CL) and torch.allclose(fused, silu(norm(x) * (1 + scale) + shift), rtol=0, atol=1e-12)
+    nchw = x.contiguous()  # NCHW takes the plain expression itself: bitwise the pre-fusion result
+    assert torch.equal(group_norm_silu(nchw, norm, scale, shift), silu(norm(nchw) * (1 + scale) + shift))
+    film = torch.randn(3, 6, 4, 5, dtype=torch.float64)  # a spatial (FiLM) scale: the plain expression too
+    assert torch.equal(group_norm_silu(x, norm, film, shift), silu(norm(x) * (1 + film) + shift))
+
+
+def test_fused_group_norm_silu_in_bf16_stays_near_fp32():
+    # bf16 input and bf16 elementwise work against the fp32 expression: the relative error of the
+    # output and of every gradient is near bf16 rounding (measured 0.30-0.49 % here, torch 2.13 CPU;
+    # 0.25-0.30 % for an fp32 GroupNorm between a bf16 input and a bf16 output, as autocast runs it).
+    x = torch.randn(4, 64, 16, 32, generator=torch.Generator().manual_seed(2)).contiguous(**CL)
+    scale, shift = torch.randn(2, 4, 64, 1, 1, generator=torch.Generator().manual_seed(4)) * 0.3
+    norm = group_norm(64, 32)
+    gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+
+    def run(fn, inputs):
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        norm.zero_grad()
+        y = fn(*leaves)
+        y.backward(gy.to(y.dtype))
+        return [y.detach().float()] + [t.grad.float() for t in leaves] + [norm.weight.grad.clone(), norm.bias.grad.clone()]
+
+    ref = run(lambda x, s, b: torch.nn.functional.silu(norm(x) * (1 + s) + b), (x, scale, shift))
+    low = run(lambda x, s, b: group_norm_silu(x, norm, s, b), (x.bfloat16(), scale.bfloat16(), shift.bfloat16()))
+    errors = [float((a - r).norm() / r.norm()) for a, r in zip(low, ref)]
+    assert max(errors) < 1.5e-2, errors

@@ -189,3 +189,22 @@ def test_resume_with_same_settings_loads_state():
     with pytest.warns(UserWarning, match="signature: missing"):
         assert resume_optimizer(opt, sched, saved_signature=None, signature=sig,
                                 optimizer_state=old_opt.state_dict(), scheduler_state=None)
+
+
+def test_fused_kernel_on_cpu_and_kept_across_a_resume():
+    # torch's fused AdamW (one pass per parameter) where it exists; loading a state dict saved by
+    # the per-tensor loop (fused None, as checkpoints before it hold) keeps the fused kernel.
+    from fieldpaint.optim import load_optimizer_state, param_groups
+
+    model = nn.Linear(4, 3)
+    cfg = TrainConfig()
+    opt = build_optimizer(model, cfg)
+    assert all(g["fused"] for g in opt.param_groups)
+    old = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)  # the per-tensor loop
+    model(torch.randn(2, 4)).sum().backward()
+    old.step()
+    load_optimizer_state(opt, old.state_dict())
+    assert all(g["fused"] for g in opt.param_groups)
+    opt.step()  # the fused kernel accepts the loaded step counters
+    reference = torch.optim.AdamW(param_groups(nn.Linear(4, 3), cfg.weight_decay), lr=cfg.lr)
+    assert {k for k in reference.param_groups[0] if k != "params"} <= set(opt.param_groups[0])

@@ -21,12 +21,16 @@ from fieldpaint.train import evaluate_loss, load_training_data, train
 
 
 def tiny_config(path, **train):
+    """A 16x32 run of a few seconds. Pinned to fp32 (train.precision defaults to auto, bf16 on a
+    CPU with AVX512-BF16): the golden numbers, the bitwise resume and the DDP comparisons below are
+    fp32 facts; the bf16 and auto tests override it."""
     values = {
         "data": {"path": str(path), "variables": ["a", "b"], "height": 16, "width": 32},
         "model": {"channels": [8, 16], "norm_groups": 4, "attention_heads": 2, "dropout": 0.0},
         "diffusion": {"timesteps": 100},
         "train": {"epochs": 3, "batch_size": 8, "lr": 3e-3, "warmup_epochs": 1, "ema_warmup_steps": 10, "ema_decay": 0.9,
-                  "eval_train_samples": 16, "deterministic": True, **train},
+                  "eval_train_samples": 16, "deterministic": True,
+                  "precision": "fp32", **train},
     }
     return from_dict(values)
 
@@ -203,7 +207,9 @@ def _curves(run_dir):
 # and test loss was 1.5e-4 to 5.5e-4 (2.0e-4 at seed 0); fp32 + channels_last alone differs by
 # <= 2.2e-7; fp16 autocast in place of bf16 differs by 2.6e-3 to 4.5e-3; another seed by 4e-2.
 # So the bf16 curves must lie within 1e-3 of fp32 (5x the seed-0 difference) and differ by more
-# than 1e-5 (autocast really ran: 45x above channels_last's rounding).
+# than 1e-5 (autocast really ran: 45x above channels_last's rounding). With the fused channels_last
+# GroupNorm-SiLU of fieldpaint.models.layers (its elementwise work in bf16), seed 0 differs by
+# 2.8e-4 and fp32 + channels_last by 1.6e-7 (torch 2.13 CPU).
 BF16_REL_TOL, BF16_MIN_REL = 1e-3, 1e-5
 
 
@@ -217,6 +223,42 @@ def test_bf16_autocast_and_channels_last_follow_the_fp32_curves(tiny_data, tmp_p
     assert BF16_MIN_REL < rel < BF16_REL_TOL, rel
     ckpt = final_weights(tmp_path / "bf16")
     assert all(v.dtype == torch.float32 for v in ckpt.model_state.values() if v.is_floating_point())
+
+    # train.precision auto: bf16 + channels_last where the hardware does bf16 natively, fp32
+    # elsewhere; the same curves as the explicit settings, and run.json says which was used.
+    import fieldpaint.runtime as R
+
+    for native, twin in ((True, "bf16"), (False, "fp32")):
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(R, "bf16_native", lambda device, native=native: (native, f"native bf16: {native}"))
+            train(tiny_config(tiny_data, epochs=4, precision="auto", channels_last="auto"), tmp_path / f"auto_{native}",
+                  progress=False)
+        info = json.loads((tmp_path / f"auto_{native}" / "run.json").read_text())
+        assert (info["precision"], info["channels_last"]) == (twin, native), info
+        assert info["precision_reason"] == f"train.precision auto: native bf16: {native}"
+        assert np.array_equal(_curves(tmp_path / f"auto_{native}"), _curves(tmp_path / twin))
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    import fieldpaint.runtime as R
+    from fieldpaint.config import TrainConfig
+
+    assert TrainConfig().precision == "auto" and TrainConfig().channels_last == "auto"  # the defaults
+    cpu = torch.device("cpu")
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert R.resolve_precision("auto", "auto", cpu).name == ("bf16" if native else "fp32")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    p = R.resolve_precision("auto", "auto", cpu)
+    assert (p.name, p.channels_last, p.autocast_dtype) == ("fp32", False, None)
+    assert "neither AVX512-BF16 nor AMX" in p.describe()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    p = R.resolve_precision("auto", "auto", cpu)
+    assert (p.name, p.channels_last, p.autocast_dtype) == ("bf16", True, torch.bfloat16)
+    assert R.resolve_precision("auto", False, cpu).channels_last is False  # an explicit layout wins
+    assert R.resolve_precision("fp32", "auto", cpu).name == "fp32"  # explicit precisions are taken as given
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert R.resolve_precision("bf16", "auto", cpu) == R.Precision("bf16", True, "train.precision bf16")
 
 
 def test_time_train_steps_times_real_steps(tiny_data, monkeypatch):

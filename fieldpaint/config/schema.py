@@ -190,6 +190,7 @@ class DiffusionConfig(Section):
     # Network target. v by default: with ε and deterministic DDIM, √ᾱ at t = T−1 is 4.9e-5, so an ε
     # error of 0.01 there is a relative error of 23.5 in the mean at 95 % hidden, against 0.067 for v.
     prediction: Literal["eps", "v"] = "v"
+    loss_weighting: Literal["none", "min_snr"] = "none"  # per-noise-level loss weights: none, or min-SNR-5 (Hang et al. 2023; diffusion.loss.min_snr_weights)
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,38 @@ separate); this module is the only place the training target is chosen.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
 from fieldpaint.diffusion.schedule import Prediction, Schedule, q_sample, v_target
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # model(x_t, t, cond)
+Weighting = Literal["none", "min_snr"]
+MIN_SNR_GAMMA = 5.0  # gamma of Hang et al. (2023), their recommended value
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean of (pred - target)² over valid pixel-channels of the whole batch.
+def min_snr_weights(alphas_cumprod_t: torch.Tensor, prediction: Prediction, gamma: float = MIN_SNR_GAMMA) -> torch.Tensor:
+    """Per-sample loss weights of min-SNR-gamma (Hang et al. 2023, "Efficient Diffusion Training via
+    Min-SNR Weighting Strategy", eq. 8 and Sec. 3.4), SNR = ᾱ_t / (1 - ᾱ_t).
+
+    The paper clamps the weight of the x0 loss at gamma: w_x0 = min(SNR, gamma). Since
+    ||ε - ε̂||² = SNR ||x0 - x̂0||² and ||v - v̂||² = (SNR + 1) ||x0 - x̂0||², the same weighting of
+    an ε or v loss is  w_eps = min(SNR, gamma) / SNR  and  w_v = min(SNR, gamma) / (SNR + 1)."""
+    ac = alphas_cumprod_t.double()
+    snr = ac / (1 - ac)
+    clamped = torch.clamp(snr, max=gamma)
+    if prediction == "eps":
+        return (clamped / snr).float()
+    if prediction == "v":
+        return (clamped / (snr + 1)).float()
+    raise ValueError(f"unknown prediction target {prediction!r}; choose 'eps' or 'v'")
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of (pred - target)² over valid pixel-channels of the whole batch, each sample's
+    squares multiplied by `weights` (B,) when given.
 
     `valid` is (B, 1, H, W) or (B, C, H, W), 1 = valid. Invalid pixels contribute exactly nothing,
     even when they hold NaN or inf (`where`, not a product: NaN · 0 is NaN). A batch without a
@@ -24,17 +46,21 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
     """
     keep = (valid > 0).expand_as(pred)
     sq = torch.where(keep, pred - target, torch.zeros_like(pred)).square()
+    if weights is not None:
+        sq = sq * weights.to(sq.dtype).view(-1, *([1] * (sq.ndim - 1)))
     return sq.sum() / keep.sum().clamp(min=1)
 
 
 def diffusion_loss(model: Denoiser, x0: torch.Tensor, valid: torch.Tensor, schedule: Schedule,
                    prediction: Prediction, *, cond: torch.Tensor | None = None, t: torch.Tensor | None = None,
-                   noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                   noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   weighting: Weighting = "none") -> torch.Tensor:
     """Ho et al. 2020 Algorithm 1 (ε target) or Salimans & Ho 2022 (v target), masked to valid pixels.
 
     t ~ U{0..T-1} and ε ~ N(0, I) are drawn from `generator` unless given. Never-valid pixels of x0
     are set to 0 (the normalised mean) before noising, so whatever fill value the data carries
-    there (NaN included) cannot reach the network's input or the loss.
+    there (NaN included) cannot reach the network's input or the loss. weighting 'min_snr' weights
+    each sample by `min_snr_weights` (diffusion.loss_weighting); 'none' is the plain mean.
     """
     B = x0.shape[0]
     x0 = torch.where((valid > 0).expand_as(x0), x0, torch.zeros_like(x0))
@@ -50,4 +76,7 @@ def diffusion_loss(model: Denoiser, x0: torch.Tensor, valid: torch.Tensor, sched
         target = v_target(x0, noise, t, ac)
     else:
         raise ValueError(f"unknown prediction target {prediction!r}; choose 'eps' or 'v'")
-    return masked_mse(model(xt, t, cond), target, valid)
+    if weighting not in ("none", "min_snr"):
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose 'none' or 'min_snr'")
+    weights = min_snr_weights(ac[t], prediction) if weighting == "min_snr" else None
+    return masked_mse(model(xt, t, cond), target, valid, weights)

@@ -53,6 +53,103 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
+class _GroupNormSiLU(torch.autograd.Function):
+    """y = SiLU(GN(x) * (1 + s) + b) with per-(sample, channel) s and b, in x's memory format and
+    dtype, with a hand-written backward.
+
+    Why not `F.silu(norm(x) * (1 + s) + b)`: on CPU, torch's GroupNorm backward is 4-15x slower on
+    channels_last tensors than on NCHW ones (bf16 slowest; it was half of a bf16 training step),
+    and under bf16 autocast GroupNorm runs in fp32 with a cast in and out, then the scale, the shift
+    and SiLU each take another fp32 pass. Here torch's GroupNorm forward (fast in channels_last)
+    gives n, the affine, scale and shift fold into one per-(sample, channel) map z = n a + d, and
+    SiLU runs in place; backward recomputes z from the saved n and needs two per-channel sums.
+
+    Notation (Wu & He 2018): per sample and group g, mu_g and r_g = 1/sqrt(var_g + eps) over the
+    group's M = (C/G) H W values; n = (x - mu_g) r_g; a = gamma (1 + s), d = beta (1 + s) + b.
+    With g = dL/dz: dL/dx = r_g (g a - mean_g(g a) - n mean_g(g a n)).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scale, shift, groups: int, eps: float):
+        with torch.autocast(x.device.type, enabled=False):
+            b, c, h, w = x.shape
+            n, _, rstd = torch.native_group_norm(x, None, None, b, c, h * w, groups, eps)  # n: x's dtype
+            a, d = _affine(weight, bias, scale, shift, b)  # (B, C, 1, 1) x 2, fp32 (fp64 for fp64)
+            y = F.silu(torch.addcmul(d.to(x.dtype), n, a.to(x.dtype)), inplace=True)  # (B, C, H, W)
+        ctx.save_for_backward(n, weight, bias, scale, shift, rstd)
+        ctx.groups = groups
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        n, weight, bias, scale, shift, rstd = ctx.saved_tensors
+        groups, dtype = ctx.groups, n.dtype
+        with torch.autocast(n.device.type, enabled=False):
+            b, c = n.shape[:2]
+            a, d = _affine(weight, bias, scale, shift, b)
+            work = a.dtype
+            gz = torch.ops.aten.silu_backward(gy.to(dtype), torch.addcmul(d.to(dtype), n, a.to(dtype)))  # dL/dz
+            # per-channel sums, (B, C, 1, 1); a bf16 sum accumulates in fp32 and rounds only its result
+            # (sum(dtype=fp32) would first copy the whole tensor to fp32)
+            sum_g = gz.sum(dim=(2, 3), keepdim=True).to(work)
+            sum_gn = (gz * n).sum(dim=(2, 3), keepdim=True).to(work)
+            r = rstd.to(work).repeat_interleave(c // groups, dim=1)[:, :, None, None]  # (B, C, 1, 1)
+            m1, m2 = _group_mean(a * sum_g, groups), _group_mean(a * sum_gn, groups)  # x M
+            size = n[0, 0].numel() * (c // groups)  # M
+            gx = torch.addcmul((-r * m1 / size).to(dtype), n, (-r * m2 / size).to(dtype))
+            gx = torch.addcmul(gx, gz, (r * a).to(dtype))  # (B, C, H, W)
+            one_s = 1 if scale is None else 1 + scale.to(work)
+            g_weight = (one_s * sum_gn).sum(0).flatten().to(weight.dtype) if ctx.needs_input_grad[1] else None
+            g_bias = (one_s * sum_g).sum(0).flatten().to(bias.dtype) if ctx.needs_input_grad[2] else None
+            g_scale = g_shift = None
+            if scale is not None and ctx.needs_input_grad[3]:
+                g_scale = (weight.to(work)[:, None, None] * sum_gn + bias.to(work)[:, None, None] * sum_g).to(scale.dtype)
+            if shift is not None and ctx.needs_input_grad[4]:
+                g_shift = sum_g.to(shift.dtype)
+        return gx, g_weight, g_bias, g_scale, g_shift, None, None
+
+
+def _group_mean(per_channel: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, C, 1, 1) -> the total over each channel's group, broadcast back to (B, C, 1, 1)."""
+    b, c = per_channel.shape[:2]
+    total = per_channel.reshape(b, groups, c // groups).sum(-1, keepdim=True)  # (B, G, 1)
+    return total.expand(b, groups, c // groups).reshape(b, c, 1, 1)
+
+
+def _affine(weight, bias, scale, shift, batch: int):
+    """a = gamma (1 + s), d = beta (1 + s) + b of z = n a + d; (B, C, 1, 1) each, in fp32 or wider."""
+    work = torch.promote_types(weight.dtype, torch.float32)
+    w, b = weight.to(work)[None, :, None, None], bias.to(work)[None, :, None, None]
+    if scale is None:
+        return w.expand(batch, -1, -1, -1), b.expand(batch, -1, -1, -1)
+    one_s = 1 + scale.to(work)
+    return w * one_s, b * one_s + shift.to(work)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a (B, C, H, W) tensor stored NHWC (and not also NCHW, as when C or H W is 1)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def group_norm_silu(x: torch.Tensor, norm: nn.GroupNorm, scale: torch.Tensor | None = None,
+                    shift: torch.Tensor | None = None) -> torch.Tensor:
+    """SiLU(norm(x) * (1 + scale) + shift); scale and shift both None or both broadcastable to x.
+
+    A channels_last x with per-(sample, channel) scale and shift takes the fused `_GroupNormSiLU`
+    (3-6x faster there in bf16, 1-2x in fp32; equal to float rounding); an NCHW x, where torch's
+    own GroupNorm is the faster, and a spatial (FiLM) scale take the plain expression, so an
+    fp32 NCHW model computes exactly what it did before the fused path existed.
+    x: (B, C, H, W) -> (B, C, H, W)."""
+    b, c = x.shape[:2]
+    per_channel = scale is None or (scale.numel() == shift.numel() == b * c)
+    if not (is_channels_last(x) and per_channel):
+        h = norm(x)
+        return F.silu(h if scale is None else h * (1 + scale) + shift)
+    if scale is not None:
+        scale, shift = scale.reshape(b, c, 1, 1), shift.reshape(b, c, 1, 1)
+    return _GroupNormSiLU.apply(x, norm.weight, norm.bias, scale, shift, norm.num_groups, norm.eps)
+
+
 class ResBlock(nn.Module):
     """Residual block with scale-shift time conditioning and optional FiLM modulation.
 
@@ -75,12 +172,12 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, film: Modulation | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
+        h = self.conv1(group_norm_silu(x, self.norm1))  # (B, C_out, H, W)
         scale, shift = self.time_proj(F.silu(temb))[:, :, None, None].chunk(2, dim=1)  # 2 x (B, C_out, 1, 1)
         if film is not None:
             scale, shift = scale + film[0], shift + film[1]  # 2 x (B, C_out, H, W)
-        h = self.norm2(h) * (1 + scale) + shift  # (B, C_out, H, W)
-        h = self.conv2(self.dropout(F.silu(h)))  # (B, C_out, H, W)
+        h = group_norm_silu(h, self.norm2, scale, shift)  # SiLU(GN(h) * (1 + scale) + shift), (B, C_out, H, W)
+        h = self.conv2(self.dropout(h))  # (B, C_out, H, W)
         return self.skip(x) + h
 
 

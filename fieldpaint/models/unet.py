@@ -35,7 +35,7 @@ from torch import nn
 
 from fieldpaint.models.attention import make_attention
 from fieldpaint.models.layers import (Downsample, Modulation, ResBlock, TimeEmbedding, Upsample,
-                                      group_norm)
+                                      group_norm, group_norm_silu)
 
 CONDITIONING = ("none", "concat", "film")
 
@@ -179,4 +179,4 @@ class UNet(nn.Module):
             h = self.upsample[i](h)  # (B, C_(i+1), H/2^i, W/2^i)
             for stage in self.up[i]:
                 h = stage(torch.cat([h, skips.pop()], dim=1), temb, films[i])  # (B, C_i, H/2^i, W/2^i)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C, H, W)
+        return self.conv_out(group_norm_silu(h, self.norm_out))  # (B, C, H, W)
