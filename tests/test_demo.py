@@ -16,8 +16,8 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
                  "figures/ratio_vs_coverage.png", "figures/training_unconditional.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     summary = pd.read_csv(out / "summary.csv")
-    assert set(summary["method"]) == {"kriging", "gp", "gp-dataset", "linear", "unconditional:ddnm",
-                                      "conditional:conditional"}
+    assert set(summary["method"]) == {"kriging", "gp", "gp-dataset", "linear", "unconditional:mmps",
+                                      "conditional:conditional-dpm"}
     assert (summary["failures"] == 0).all() and set(summary["verdict"]) <= {
         "better", "worse", "indistinguishable", "reference"}
     assert all(math.isfinite(v) for v in summary[["mse_mean", "crps_mean", "ratio_gmean"]].to_numpy().ravel())

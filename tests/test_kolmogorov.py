@@ -283,3 +283,34 @@ def test_oversampled_run_is_truncated_spectrally():
 def test_bad_parameters_raise_config_error(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         K.generate_kolmogorov(2, 1, 16, 32, snapshots_per_trajectory=1, **kwargs)
+
+
+def test_workers_exit_when_the_generator_is_killed(tmp_path):
+    """A demo or `data generate` killed mid-simulation leaves no worker simulating on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("from fieldpaint.data.kolmogorov import generate_kolmogorov\n"
+              "generate_kolmogorov(4000, 400, 32, 64, workers=2)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 60
+        children: list[int] = []
+        while time.time() < deadline and len(children) < 2:  # wait for the two spawned workers
+            time.sleep(0.5)
+            out = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout
+            children = [int(p) for p in out.split()]
+            children = [p for p in children if "spawn_main" in open(f"/proc/{p}/cmdline").read()]
+        assert len(children) >= 2, "the workers did not start"
+    finally:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+    deadline = time.time() + 10  # the workers poll their parent every second
+    while time.time() < deadline and any(os.path.exists(f"/proc/{p}") and
+                                         open(f"/proc/{p}/stat").read().split()[2] != "Z" for p in children):
+        time.sleep(0.2)
+    assert not any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z"
+                   for p in children)

@@ -18,6 +18,8 @@ import dataclasses
 import math
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -229,7 +231,8 @@ def _run_batches(plan: SimulationPlan, batches: list[list[int]], workers: int, r
             return [simulate_batch(plan, batch, report) for batch in batches]
     context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
     queue = context.Queue()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(queue,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(queue, os.getpid())) as pool:
         futures = [pool.submit(_simulate_batch_in_worker, plan, batch) for batch in batches]
         pending = set(futures)
         try:
@@ -248,10 +251,20 @@ def _run_batches(plan: SimulationPlan, batches: list[list[int]], workers: int, r
 _worker_queue = None
 
 
-def _init_worker(queue) -> None:
+def _init_worker(queue, parent: int) -> None:
     global _worker_queue
     _worker_queue = queue
     torch.set_num_threads(1)
+    # the parent's pid from the parent itself: it may have died while this worker was starting
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """A worker whose parent was killed (SIGTERM, SIGKILL: no chance to shut the pool down) is
+    re-parented; it then exits instead of simulating on, unseen, for minutes."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _simulate_batch_in_worker(plan: SimulationPlan, seeds: list[int]) -> np.ndarray:
