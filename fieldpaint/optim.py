@@ -67,18 +67,26 @@ def build_optimizer(params_or_model: nn.Module | Iterable[nn.Parameter], cfg: Tr
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """`optimizer.load_state_dict(state)`, keeping the kernel choice the optimizer was built with:
-    torch would take the saved groups' `fused`/`foreach` (e.g. a checkpoint of the per-tensor
-    loop), and a fused kernel needs its step counters on the parameters' device."""
+    """`optimizer.load_state_dict(state)`, then two repairs torch does not make:
+
+    - the kernel choice the optimizer was built with is kept (torch would take the saved groups'
+      `fused`/`foreach`, e.g. a checkpoint of the per-tensor loop), and a fused kernel gets its
+      step counters on the parameters' device;
+    - each moment buffer takes its parameter's memory layout: a checkpoint stores contiguous
+      (NCHW) tensors, and the fused kernel walks parameter, gradient and moments as flat arrays,
+      so a channels_last parameter with NCHW moments would be updated with scrambled moments.
+    """
     kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, kernel in zip(optimizer.param_groups, kernels):
         group.update(kernel)
-        if group.get("fused"):
-            for p in group["params"]:
-                step = optimizer.state.get(p, {}).get("step")
-                if torch.is_tensor(step):
-                    optimizer.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
+        for p in group["params"]:
+            entries = optimizer.state.get(p, {})
+            for key, value in entries.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    entries[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)  # p's strides
+            if group.get("fused") and torch.is_tensor(entries.get("step")):
+                entries["step"] = entries["step"].to(device=p.device, dtype=torch.float32)
 
 
 def lr_at_step(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, total_steps: int,

@@ -53,7 +53,7 @@ def setup(tmp_path_factory):
         "model": {"channels": [8, 16], "norm_groups": 4, "attention_heads": 2, "dropout": 0.1},
         "diffusion": {"timesteps": 100},
         "train": {"epochs": 3, "batch_size": 8, "lr": 3e-3, "warmup_epochs": 1, "ema_warmup_steps": 10,
-                  "ema_decay": 0.9, "eval_train_samples": 16, "deterministic": True}})
+                  "ema_decay": 0.9, "eval_train_samples": 16, "deterministic": True, "precision": "fp32"}})
     (folder / "config.yaml").write_text(dump_yaml(config))
     train(config, folder / "reference", progress=False)
     return folder, config

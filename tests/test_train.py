@@ -81,8 +81,11 @@ def test_evaluation_scores_the_ema_weights(tiny_data, tmp_path):
     assert evaluate_loss(model, test, config, schedule, torch.device("cpu")) != pytest.approx(row["test_loss"], rel=1e-3)
 
 
-def test_resume_after_a_kill_ends_with_the_same_weights(tiny_data, tmp_path):
-    config = tiny_config(tiny_data, epochs=3)
+@pytest.mark.parametrize("precision, channels_last", [("fp32", False), ("bf16", True)])
+def test_resume_after_a_kill_ends_with_the_same_weights(tiny_data, tmp_path, precision, channels_last):
+    # bf16 + channels_last is what train.precision auto runs on a CPU with AVX512-BF16; resuming it
+    # needs the saved (contiguous) Adam moments put back in the channels_last parameters' layout.
+    config = tiny_config(tiny_data, epochs=3, precision=precision, channels_last=channels_last)
     config = from_dict({**to_dict(config), "model": {**to_dict(config)["model"], "dropout": 0.1}})
     train(config, tmp_path / "whole", progress=False)
     train(config, tmp_path / "killed", progress=False, stop_after_epoch=1)
@@ -336,3 +339,35 @@ def test_resume_drops_a_torn_metrics_line(tiny_data, tmp_path):
     train(config, tmp_path / "run", progress=False, resume=True)
     assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1, 2]
     assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 3
+
+
+def test_min_snr_weights_follow_the_paper():
+    # Hang et al. (2023), eq. 8: the x0-space loss is weighted by min(SNR, gamma), SNR = ᾱ/(1-ᾱ),
+    # gamma = 5. Checked two ways: hand values, and the identity w · ||target - pred||² =
+    # min(SNR, 5) · ||x0 - x̂0||² for an arbitrary prediction of either target.
+    from fieldpaint.diffusion.loss import diffusion_loss, min_snr_weights
+    from fieldpaint.diffusion.schedule import make_schedule, x0_from_eps, x0_from_v
+
+    ac = torch.tensor([0.5, 20 / 21, 1 / 101])  # SNR 1, 20, 0.01
+    assert torch.allclose(min_snr_weights(ac, "eps"), torch.tensor([1.0, 5 / 20, 1.0]))
+    assert torch.allclose(min_snr_weights(ac, "v"), torch.tensor([0.5, 5 / 21, 0.01 / 1.01]))
+    schedule = make_schedule("cosine", 1000)
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([0, 10, 200, 500, 900, 999])
+    x0, eps, pred = (torch.randn(6, 2, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    ac_t = schedule.alphas_cumprod[t].double()
+    snr = ac_t / (1 - ac_t)
+    a, b = ac_t.sqrt()[:, None, None, None], (1 - ac_t).sqrt()[:, None, None, None]
+    xt = a * x0 + b * eps
+    for prediction, target, x0_hat in (("eps", eps, x0_from_eps(xt, t, pred, schedule.alphas_cumprod.double())),
+                                       ("v", a * eps - b * x0, x0_from_v(xt, t, pred, schedule.alphas_cumprod.double()))):
+        weighted = min_snr_weights(schedule.alphas_cumprod[t], prediction).double() * ((target - pred) ** 2).sum((1, 2, 3))
+        in_x0 = torch.clamp(snr, max=5.0) * ((x0 - x0_hat) ** 2).sum((1, 2, 3))
+        assert torch.allclose(weighted, in_x0, rtol=1e-5), prediction
+    # 'none' is the unweighted loss itself; 'min_snr' changes it
+    model = lambda x, t, cond: torch.zeros_like(x)
+    x0f, valid = x0.float(), torch.ones(6, 1, 4, 4)
+    plain = diffusion_loss(model, x0f, valid, schedule, "v", t=t, noise=eps.float())
+    assert torch.equal(plain, diffusion_loss(model, x0f, valid, schedule, "v", t=t, noise=eps.float(), weighting="none"))
+    assert not torch.allclose(plain, diffusion_loss(model, x0f, valid, schedule, "v", t=t, noise=eps.float(),
+                                                    weighting="min_snr"))
