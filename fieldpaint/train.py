@@ -41,7 +41,9 @@ from fieldpaint import __version__
 from fieldpaint.checkpoint import (Checkpoint, check_compatible, load_checkpoint, resolve_checkpoint,
                                    restore_rng_state, save_checkpoint, unwrap_model)
 from fieldpaint.config import Config, to_dict
-from fieldpaint.data.fields import FieldSplit, FieldStats, load_splits
+from fieldpaint.data.fields import FieldSplit, FieldStats
+from fieldpaint.data.stream import chunked_order
+from fieldpaint.data.stream import load_training_data as load_data
 from fieldpaint.diffusion.conditioning import conditioning_input, draw_training_masks
 from fieldpaint.diffusion.loss import diffusion_loss
 from fieldpaint.diffusion.schedule import make_schedule
@@ -79,7 +81,7 @@ def make_batch(data: FieldSplit, index: torch.Tensor, config: Config, seed: int,
                runtime: Runtime) -> dict:
     """The global batch of one step, cut to this rank's share: x0, valid, t, noise, cond."""
     g = step_generator(seed, step)
-    x0, valid = data.x[index], data.valid[index]
+    x0, valid = data.batch(index, seed=seed, step=step)  # random crops when the file's grid is larger
     t = torch.randint(0, config.diffusion.timesteps, (len(index),), generator=g)
     noise = torch.randn(x0.shape, generator=g)
     cond = None
@@ -160,10 +162,10 @@ def load_training_data(config: Config, stats: FieldStats | None = None) -> tuple
     if config.data.path is None:
         raise ConfigError("config key 'data.path' is not set: name a NetCDF/Zarr file "
                           "(make one with `fieldpaint data generate kolmogorov`)")
-    train_set, test_set = load_splits(config.data, stats=stats)
-    if len(test_set) == 0:
+    train_data, test_data, stats = load_data(config.data, stats)  # in memory, or streamed (data.streaming)
+    if len(test_data) == 0:
         raise ConfigError(f"the dataset {config.data.path} has no test samples; set data.test_fraction")
-    return (train_set.fields(), test_set.fields(), train_set.stats)
+    return train_data, test_data, stats
 
 
 def build_training_model(config: Config, device: torch.device, model: torch.nn.Module | None = None) -> torch.nn.Module:
@@ -297,7 +299,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_op
             net.train()
             started = time.perf_counter()
             running = torch.zeros((), dtype=_sum_dtype(runtime.device), device=runtime.device)
-            order = epoch_order(n_train, t.seed, epoch)
+            order = chunked_order(n_train, train_data.block, max(1, config.data.cache_chunks // 2), t.seed, epoch) \
+                if config.data.streaming else epoch_order(n_train, t.seed, epoch)
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
                        disable=not (progress and runtime.is_main))
             for i in bar:  # one optimizer step on the global batch (this rank's share of it)

@@ -158,7 +158,10 @@ def _open_zarr(path: Path) -> xr.Dataset:
     # consolidated metadata; without it (our own stores) xarray warns about speed: not a problem.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Failed to open Zarr store with consolidated", RuntimeWarning)
-        return xr.open_dataset(path, engine="zarr", chunks=None, consolidated=None)
+        ds = xr.open_dataset(path, engine="zarr", chunks=None, consolidated=None)
+    # A store's members have no order (they come as the filesystem lists them): sort them, so
+    # the default channel order (every gridded variable, in order) is the same on every read.
+    return ds[sorted(ds.data_vars, key=str)]
 
 
 def _default_netcdf_engine() -> NetcdfEngine:
