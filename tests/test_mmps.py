@@ -133,3 +133,19 @@ def test_mmps_through_a_network_wrapper_counts_forward_passes():
     known = (mask > 0.5).expand(2, -1, -1, -1)
     assert nfe == 6 == net.calls and bool(torch.isfinite(x).all())
     assert torch.equal(x[known], y.float().expand(2, -1, -1, -1)[known])
+
+
+def test_a_denoiser_with_a_wild_jacobian_cannot_blow_mmps_up():
+    """A trained network's Jacobian is no exact covariance: on the demo's briefly trained model a
+    few MMPS corrections grew without bound. The corrected x̂0 is bounded like every sampler's
+    (X0_CLIP z-scores), so the output is too."""
+    from fieldpaint.diffusion.samplers import X0_CLIP
+
+    def wild(x_t, t):  # x̂0 = 1e4 x_t: its "covariance" is huge and the CG correction with it
+        return 1e4 * x_t
+
+    obs = torch.randn(2, 1, 8, 8, generator=gen(0))
+    mask = (torch.rand(2, 1, 8, 8, generator=gen(1)) < 0.05).float()
+    x, _ = mmps(wild, obs, mask, SCHEDULE, generator=gen(2), steps=10, cg_iterations=5)
+    hidden = mask.expand_as(x) < 0.5
+    assert bool(torch.isfinite(x).all()) and float(x[hidden].abs().max()) <= X0_CLIP + 1e-4

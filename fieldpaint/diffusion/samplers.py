@@ -44,7 +44,7 @@ from torch import nn
 from fieldpaint.diffusion.mmps import conjugate_gradient, mmps, tweedie_covariance_scale
 from fieldpaint.diffusion.schedule import Prediction, Schedule, predict_x0_eps
 from fieldpaint.diffusion.solvers import dpm_solver_2m
-from fieldpaint.diffusion.steps import (Denoiser, Generators, SigmaY, ancestral_step, apply_fixed,
+from fieldpaint.diffusion.steps import (X0_CLIP, Denoiser, Generators, SigmaY, ancestral_step, apply_fixed,
                                         check_eps_deterministic, ddim_sigma, ddim_step, fixed_pixels, is_noisy,
                                         jump_schedule, jump_schedule_nfe, merge_known, null_space_correction,
                                         observed, paste_known, randn, renoise_step, respace, respaced_timesteps,
@@ -63,7 +63,6 @@ __all__ = [
 # the denoiser of a network
 
 
-X0_CLIP = 10.0  # bound on x̂_0 in normalised (z-score) units
 
 
 class ModelDenoiser:

@@ -20,6 +20,8 @@ Generators = torch.Generator | Sequence[torch.Generator]
 # broadcastable to (B, C, H, W): per channel (1, C, 1, 1), per pixel (B, C, H, W). 0 = exact.
 SigmaY = float | torch.Tensor
 
+X0_CLIP = 10.0  # bound on x̂_0 in normalised (z-score) units, for every sampler
+
 
 # ----------------------------------------------------------------------------------------------
 # time lists
