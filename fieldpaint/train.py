@@ -41,7 +41,7 @@ from fieldpaint import __version__
 from fieldpaint.checkpoint import (Checkpoint, check_compatible, load_checkpoint, resolve_checkpoint,
                                    restore_rng_state, save_checkpoint, unwrap_model)
 from fieldpaint.config import Config, to_dict
-from fieldpaint.data.fields import FieldSplit, FieldStats
+from fieldpaint.data.fields import FieldSplit, FieldStats, synthetic_split
 from fieldpaint.data.stream import chunked_order
 from fieldpaint.data.stream import load_training_data as load_data
 from fieldpaint.diffusion.conditioning import conditioning_input, draw_training_masks
@@ -55,7 +55,7 @@ from fieldpaint.runfolder import (RunPlan, check_run_folder, last_checkpoint, op
                                   prepare_run, recorded_init_from, write_run_header)  # RunPlan, prepare_run: re-exported
 from fieldpaint.runlog import MetricsLog
 from fieldpaint.runtime import (Precision, Runtime, all_reduce_mean, resolve_precision, seed_everything, set_deterministic,
-                                setup_runtime, teardown_runtime)
+                                setup_runtime, synchronize, teardown_runtime)
 
 EVAL_BATCH = 64
 
@@ -358,23 +358,6 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_op
 # timing real steps (the demo's budget, benchmarks/train_throughput.py)
 
 
-def synthetic_split(config: Config, n: int, seed: int = 0) -> FieldSplit:
-    """n random N(0, 1) fields of config's grid and channels, with a never-valid corner (land)."""
-    g = torch.Generator().manual_seed(seed)
-    h, w = config.data.height, config.data.width
-    valid = torch.ones(n, 1, h, w)
-    valid[:, :, : h // 4, : w // 4] = 0
-    x = torch.randn(n, len(config.data.variables), h, w, generator=g) * valid
-    return FieldSplit(x, valid, np.arange(n))
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def train_step_times(config: Config, device: torch.device, steps: int, *, warmup: int = 1,
                      model: torch.nn.Module | None = None,
                      before_first_step: Callable[[], None] | None = None) -> list[float]:
@@ -394,12 +377,12 @@ def train_step_times(config: Config, device: torch.device, steps: int, *, warmup
         before_first_step()
     times = []
     for step in range(warmup + steps):
-        _synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         batch = make_batch(data, index, config, config.train.seed, step, runtime)
         train_step(model, batch, optimizer=optimizer, scheduler=scheduler, ema=ema, schedule=schedule,
                    config=config, step=step)
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - started)
     return times[warmup:]
 

@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing
 import os
-import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -32,8 +28,8 @@ from fieldpaint.data.spectral import (DOMAIN_X, DOMAIN_Y, KolmogorovOperators, S
                                       lawson_rk4_step, output_fields)
 # Re-exported: callers (benchmarks/generate_kolmogorov.py) measure datasets with these.
 from fieldpaint.data.spectral import curl, divergence, energy_spectrum, enstrophy_spectrum  # noqa: F401
+from fieldpaint.data.workers import map_in_workers
 from fieldpaint.errors import ConfigError
-from fieldpaint.runtime import torch_threads
 
 # Defaults, measured at 64x128 (`benchmarks/generate_kolmogorov.py --statistics`: 16 trajectories
 # x 60 time units after spin-up, sampled every 0.25):
@@ -220,57 +216,6 @@ def _raise_blow_up(time: float, what: str) -> None:
                       "viscosity or the grid size (oversample)")
 
 
-def _run_batches(plan: SimulationPlan, batches: list[list[int]], workers: int, report) -> list[np.ndarray]:
-    """simulate_batch over all batches, here or in `workers` spawned processes, on one torch
-    thread each: MKL's FFTs round differently with more threads, and two intra-op threads
-    measured 1.3-1.6x faster than one on an idle 2-core machine but 4x slower when other jobs
-    share it (OpenMP barriers spin), where separate processes degrade gracefully.
-    """
-    if workers == 1:
-        with torch_threads(1):
-            return [simulate_batch(plan, batch, report) for batch in batches]
-    context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
-    queue = context.Queue()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(queue, os.getpid())) as pool:
-        futures = [pool.submit(_simulate_batch_in_worker, plan, batch) for batch in batches]
-        pending = set(futures)
-        try:
-            while pending:
-                _, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
-                while not queue.empty():
-                    report(queue.get())
-                failed = [f for f in futures if f.done() and f.exception() is not None]
-                if failed:
-                    raise failed[0].exception()  # a worker's ConfigError, e.g. a blow-up
-            return [f.result() for f in futures]
-        finally:
-            pool.shutdown(cancel_futures=True)
-
-
-_worker_queue = None
-
-
-def _init_worker(queue, parent: int) -> None:
-    global _worker_queue
-    _worker_queue = queue
-    torch.set_num_threads(1)
-    # the parent's pid from the parent itself: it may have died while this worker was starting
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-
-
-def _exit_with_parent(parent: int, every: float = 1.0) -> None:
-    """A worker whose parent was killed (SIGTERM, SIGKILL: no chance to shut the pool down) is
-    re-parented; it then exits instead of simulating on, unseen, for minutes."""
-    while os.getppid() == parent:
-        time.sleep(every)
-    os._exit(1)
-
-
-def _simulate_batch_in_worker(plan: SimulationPlan, seeds: list[int]) -> np.ndarray:
-    return simulate_batch(plan, seeds, _worker_queue.put)
-
-
 def trajectory_seeds(seed: int, n_trajectories: int) -> list[int]:
     """Independent 63-bit seeds for trajectories 0..n-1, derived from one user seed."""
     children = np.random.SeedSequence(seed).spawn(n_trajectories)
@@ -321,7 +266,7 @@ def simulate_kolmogorov(
     batches = [b.tolist() for b in np.array_split(seeds, n_batches)]
     with tqdm(total=plan.total_steps * n_trajectories, unit="traj-step", disable=not progress,
               desc="kolmogorov") as bar:
-        parts = _run_batches(plan, batches, workers, bar.update)
+        parts = map_in_workers(simulate_batch, [(plan, batch) for batch in batches], workers, bar.update)
     fields = np.concatenate(parts, axis=1).reshape(3, -1, height, width)  # trajectory-major rows
     out = dict(zip(("u", "v", "vorticity"), fields))
     out["trajectory"] = np.repeat(np.arange(n_trajectories, dtype=np.int64), snapshots_per_trajectory)
