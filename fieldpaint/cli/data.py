@@ -57,13 +57,16 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 def cmd_data_info(args: argparse.Namespace) -> int:
     from fieldpaint.data.fields import FieldDataset
     from fieldpaint.data.io import open_dataset
+    from fieldpaint.data.layout import gridded_variables
 
-    ds = open_dataset(args.path)
-    variables = args.variables.split(",") if args.variables else [
-        name for name, var in ds.data_vars.items() if var.ndim >= 2]
+    with open_dataset(args.path) as ds:
+        defaults = gridded_variables(ds)  # what data.variables means when it is not set
+        variables = args.variables.split(",") if args.variables else [
+            name for name, var in ds.data_vars.items() if var.ndim >= 2]
     train = FieldDataset(args.path, variables, "train", test_fraction=args.test_fraction)
     test = FieldDataset(args.path, variables, "test", stats=train.stats, test_fraction=args.test_fraction)
-    print(f"{args.path}: {train.height}x{train.width}, {len(train)} train + {len(test)} test samples")
+    print(f"{args.path}: {train.height}x{train.width}, {len(train)} train + {len(test)} test samples; "
+          f"default channels (data.variables unset): {', '.join(defaults) or 'none'}")
     for name, mean, std in zip(train.stats.variables, train.stats.mean, train.stats.std):
         print(f"  {name:<12} mean {mean:+.4g}  std {std:.4g}")
     for key, value in sorted(train.attrs.items()):
