@@ -147,7 +147,7 @@ def add_inpaint_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jump-n-sample", type=int, default=10, help="RePaint resampling count")
     p.add_argument("--eta", type=float, default=None, help="DDIM/DDNM stochasticity (default: the method's)")
     p.add_argument("--cg-iterations", type=positive_int, default=None,
-                   help="MMPS conjugate-gradient iterations per step (default 10)")
+                   help="MMPS conjugate-gradient iterations per step (default 5)")
     p.add_argument("--sigma-y", type=sigma_y_value, default=None,
                    help="observation noise std in the data's units: one number for every variable (0.3) or per "
                         "variable (sst=0.3 or u=0.1,v=0.2; a variable not named is exact), divided by the run's "
@@ -197,7 +197,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jump-n-sample", type=int, default=10)
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--cg-iterations", type=positive_int, default=None,
-                   help="MMPS conjugate-gradient iterations per step (default 10)")
+                   help="MMPS conjugate-gradient iterations per step (default 5)")
     p.add_argument("--gp-nu", default="auto", type=lambda s: s if s == "auto" else float(s),
                    help="Matérn smoothness of the fitted GP: auto (chosen per field by likelihood), 0.5, 1.5, 2.5")
     p.add_argument("--seed", type=int, default=0, help="mask and sampler seed")

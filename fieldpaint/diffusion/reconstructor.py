@@ -12,9 +12,10 @@ Methods and their defaults:
                  spread of deterministic DDIM at 25-50 steps is closer to the posterior std
                  (0.93-0.98 of it at 50 steps) than that of η = 1 / ancestral sampling (0.89-0.96),
                  at the same accuracy of the mean.
-    mmps         unconditional models; MMPS (Rozet et al. 2024) 50 steps, η = 1, 10 CG iterations: the
-                 exact kriging posterior on the Gaussian oracle (tests/test_mmps.py). Each step costs one
-                 forward and ~10 backward passes; `nfe` counts the forwards.
+    mmps         unconditional models; MMPS (Rozet et al. 2024) 50 steps, η = 1, 5 CG iterations (see
+                 DEFAULT_CG_ITERATIONS); with converged CG, the exact kriging posterior on the Gaussian
+                 oracle (tests/test_mmps.py). Each step costs one forward and one backward pass per CG
+                 iteration; `nfe` counts the forwards.
     conditional-dpm  concat/FiLM models; DPM-Solver++(2M) (Lu et al. 2022), 20 steps uniform in
                  log-SNR: on the Gaussian oracle its spread at 10-20 evaluations is as close to the
                  posterior's as DDIM-50's (tests/test_solvers.py).
@@ -59,9 +60,13 @@ Method = Literal["repaint", "ddnm", "mmps", "conditional", "conditional-dpm"]
 DEFAULT_STEPS = {"repaint": 250, "ddnm": 100, "mmps": 50, "conditional": 50, "conditional-dpm": 20}
 # RePaint has no η (its steps are ancestral), nor has DPM-Solver++(2M) (deterministic by design).
 DEFAULT_ETA = {"ddnm": 1.0, "mmps": 1.0, "conditional": 0.0}
-# MMPS: 10 conjugate-gradient iterations leave x̂0 ~0.07 posterior std from the converged solve
-# at 50 % hidden on the Gaussian oracle (20: 0.01); each costs one backward pass (~2 forwards).
-DEFAULT_CG_ITERATIONS = 10
+# MMPS: 5 conjugate-gradient iterations per step, chosen by the evaluation. On the demo's trained
+# unconditional model (benchmarks/sampling.py, 6 fields x 6 groups) MMPS-50 with 5 iterations beat
+# RePaint-250/10/10 in all 6 groups and DDNM-100 in 6 (5 intervals below 1), at 550 forward
+# equivalents; with 10 it did worse (a network's Jacobian is no exact covariance, and a tighter solve
+# fits its errors). On the exact Gaussian oracle 10 iterations are closer to the converged solve
+# (0.07 posterior std at 50 % hidden; 20: 0.01): raise --cg-iterations for near-linear models.
+DEFAULT_CG_ITERATIONS = 5
 CONDITIONAL = ("conditional", "conditional-dpm")
 SigmaYOption = float | Sequence[float] | torch.Tensor  # what DiffusionReconstructor(sigma_y=...) takes
 
