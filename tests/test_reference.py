@@ -77,3 +77,14 @@ def test_on_a_matern_grf_the_reference_is_oracle_equivalent(grf_file, tmp_path):
     # the chosen kriging is indistinguishable from the truth at every coverage
     assert set(oracle.loc[oracle["method"] == "kriging", "verdict"]) == {"indistinguishable"}
     assert (out / "report.md").exists()
+
+
+def test_a_named_reference_runs_alone_beside_the_methods_asked_for(grf_file, tmp_path):
+    """--reference gp-dataset skips the per-field candidate (most of the kriging time at 64x128)."""
+    out = tmp_path / "eval"
+    evaluate_and_report(out, runs=[], data_path=str(grf_file), methods=["linear"], families=["random"],
+                        coverages=[0.9], n=4, samples=1, reference="gp-dataset", progress=False)
+    cases = pd.read_csv(out / "cases.csv")
+    assert set(cases["method"]) == {"gp-dataset", "linear", "kriging"}
+    (choice,) = json.loads((out / "reference.json").read_text())
+    assert choice["chosen"] == "gp-dataset"
