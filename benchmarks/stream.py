@@ -55,7 +55,7 @@ def generate(path: Path, gb: float, channels: int, height: int, width: int) -> i
 
 
 def run_mode(mode: str, path: str, grid: tuple[int, int], batch: int, max_steps: int, cache: int,
-             order_kind: str) -> dict:
+             order_kind: str, train_steps: int = 0, train_batch: int = 16) -> dict:
     from fieldpaint.config import DataConfig
     from fieldpaint.data.fields import load_splits
     from fieldpaint.data.stream import StreamingSplit, chunked_order, iter_batches
@@ -75,8 +75,39 @@ def run_mode(mode: str, path: str, grid: tuple[int, int], batch: int, max_steps:
     for x0, _ in iter_batches(data, order, batch, seed=0, prefetch=mode == "streaming"):
         seen += len(x0)
     seconds = time.perf_counter() - started
-    return {"mode": mode, "samples": seen, "load_s": load_s, "epoch_s": seconds, "samples_per_s": seen / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    result = {"mode": mode, "samples": seen, "load_s": load_s, "epoch_s": seconds, "samples_per_s": seen / seconds}
+    if train_steps:
+        result["train_samples_per_s"] = train_rate(data, path, grid, train_batch, train_steps, order)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def train_rate(data, path: str, grid: tuple[int, int], batch: int, steps: int, order: torch.Tensor) -> float:
+    """Samples/s of real training steps (make_batch + train_step, the slim preset at half width)
+    whose batches come from `data`: what the loader costs a training run, not the loader alone."""
+    from fieldpaint.config import load_config
+    from fieldpaint.diffusion.schedule import make_schedule
+    from fieldpaint.ema import EMA
+    from fieldpaint.runtime import Runtime
+    from fieldpaint.train import build_optimization, build_training_model, make_batch, train_step
+
+    config = load_config("standard_attn_slim", [f"data.path={path}", f"data.height={grid[0]}",
+                                                f"data.width={grid[1]}", f"train.batch_size={batch}",
+                                                "model.channels=[16,32,64,64]", "model.norm_groups=8"])
+    device = torch.device("cpu")
+    model = build_training_model(config, device).train()
+    optimizer, scheduler, _ = build_optimization(model, config, steps + 1)
+    ema = EMA(model, config.train.ema_decay, config.train.ema_warmup_steps)
+    schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
+    started = None
+    for step in range(steps + 1):  # step 0 is an untimed warm-up
+        if step == 1:
+            started = time.perf_counter()
+        index = order[(step * batch) % max(1, len(order) - batch):][:batch]
+        batch_ = make_batch(data, index, config, 0, step, Runtime(device))
+        train_step(model, batch_, optimizer=optimizer, scheduler=scheduler, ema=ema, schedule=schedule,
+                   config=config, step=step)
+    return steps * batch / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -93,11 +124,15 @@ def main() -> None:
     parser.add_argument("--order", choices=["chunked", "random"], default="chunked",
                         help="epoch order: stream.chunked_order (blocks shuffled) or a plain permutation")
     parser.add_argument("--cache-blocks", type=int, default=8, help="streaming: blocks (chunks) in the LRU cache")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="also time this many real training steps fed by each loader (0: none)")
+    parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     grid = tuple(int(v) for v in args.crop.split("x"))
     if args.child:
-        print(json.dumps(run_mode(args.child, args.out, grid, args.batch, args.steps, args.cache_blocks, args.order)))
+        print(json.dumps(run_mode(args.child, args.out, grid, args.batch, args.steps, args.cache_blocks, args.order,
+                                  args.train_steps, args.train_batch)))
         return
     started = time.perf_counter()
     n = generate(Path(args.out), args.gb, args.channels, args.height, args.width)
@@ -109,10 +144,11 @@ def main() -> None:
         result = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
         print(f"{mode:>9}: {result['samples_per_s']:8.0f} samples/s over {result['samples']} samples "
               f"({result['epoch_s']:.1f} s), load/statistics {result['load_s']:.1f} s, "
-              f"peak RSS {result['peak_rss_mb']:.0f} MB")
+              f"peak RSS {result['peak_rss_mb']:.0f} MB" +
+              (f"; training {result['train_samples_per_s']:.1f} samples/s" if "train_samples_per_s" in result else ""))
     print(f"order: {args.order}; streaming cache: {args.cache_blocks} blocks of {CHUNK} samples "
           f"({args.cache_blocks * CHUNK * args.channels * args.height * args.width * 4 / 2**20:.0f} MB at most)")
-    print("10 GB case: python benchmarks/stream.py --gb 10 --out /scratch/fields.zarr --modes streaming")
+    print("10 GB case: python benchmarks/stream.py --gb 10 --out /scratch/fields.zarr --train-steps 10")
 
 
 if __name__ == "__main__":
