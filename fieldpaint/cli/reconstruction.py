@@ -121,6 +121,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sampler_options(p: argparse.ArgumentParser) -> None:
+    """The diffusion samplers' options, the same for inpaint and evaluate (see _sampler_options)."""
+    p.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: each method's)")
+    p.add_argument("--jump-length", type=positive_int, default=10, help="RePaint jump length")
+    p.add_argument("--jump-n-sample", type=positive_int, default=10, help="RePaint resampling count")
+    p.add_argument("--eta", type=float, default=None, help="DDIM/DDNM/MMPS stochasticity (default: each method's)")
+    p.add_argument("--cg-iterations", type=positive_int, default=None,
+                   help="MMPS conjugate-gradient iterations per step (default 5)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="fields x members per network call")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+
 def add_inpaint_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inpaint", help="reconstruct fields from sparse observations in a NetCDF/Zarr file",
@@ -142,12 +154,7 @@ def add_inpaint_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-variable", default=None, help="variable with 1 = observed, 0 = hidden")
     p.add_argument("--valid-variable", default=None, help="variable with 0 at never-valid pixels (land)")
     p.add_argument("--samples", type=positive_int, default=8, help="ensemble members per field (diffusion methods)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the method's)")
-    p.add_argument("--jump-length", type=int, default=10, help="RePaint jump length")
-    p.add_argument("--jump-n-sample", type=int, default=10, help="RePaint resampling count")
-    p.add_argument("--eta", type=float, default=None, help="DDIM/DDNM stochasticity (default: the method's)")
-    p.add_argument("--cg-iterations", type=positive_int, default=None,
-                   help="MMPS conjugate-gradient iterations per step (default 5)")
+    add_sampler_options(p)
     p.add_argument("--sigma-y", type=sigma_y_value, default=None,
                    help="observation noise std in the data's units: one number for every variable (0.3) or per "
                         "variable (sst=0.3 or u=0.1,v=0.2; a variable not named is exact), divided by the run's "
@@ -157,8 +164,6 @@ def add_inpaint_parser(sub: argparse._SubParsersAction) -> None:
                    help="per-pixel observation noise std from the input file, in the data's units: a variable for "
                         "every channel (err) or per channel (u=u_err,v=v_err)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16, help="fields x members per network call")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_inpaint)
@@ -181,7 +186,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: every gridded variable)")
     p.add_argument("--methods", default="gp,gp-dataset,linear,repaint,ddnm,conditional",
                    help="comma-separated, of: " + ", ".join(METHOD_NAMES) + " (diffusion methods run on every "
-                        "run whose model fits them; gp and gp-dataset always run)")
+                        "run whose model fits them; with --reference auto, gp and gp-dataset always run)")
     p.add_argument("--reference", default="auto", help="auto: per mask family and coverage, the kriging variant "
                    "with the lowest error on validation cases from the train split; or a method name")
     p.add_argument("--validation-fields", type=positive_int, default=16,
@@ -192,22 +197,14 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                    help="train reproduces the notes' memorisation check")
     p.add_argument("--n", type=positive_int, default=100, help="fields (the first n of the split)")
     p.add_argument("--samples", type=positive_int, default=8, help="ensemble members per diffusion reconstruction")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: each method's)")
-    p.add_argument("--jump-length", type=int, default=10)
-    p.add_argument("--jump-n-sample", type=int, default=10)
-    p.add_argument("--eta", type=float, default=None)
-    p.add_argument("--cg-iterations", type=positive_int, default=None,
-                   help="MMPS conjugate-gradient iterations per step (default 5)")
+    add_sampler_options(p)
     p.add_argument("--gp-nu", default="auto", type=lambda s: s if s == "auto" else float(s),
                    help="Matérn smoothness of the fitted GP: auto (chosen per field by likelihood), 0.5, 1.5, 2.5")
     p.add_argument("--seed", type=int, default=0, help="mask and sampler seed")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
-
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
