@@ -193,6 +193,62 @@ def test_mixed_uses_every_structured_family() -> None:
     assert picked == set(masks.STRUCTURED_FAMILIES)
 
 
+def _count_families(monkeypatch, draw) -> dict[str, int]:
+    """How often each structured family's priority is called while `draw()` runs."""
+    calls = dict.fromkeys(masks.STRUCTURED_FAMILIES, 0)
+    for family in masks.STRUCTURED_FAMILIES:
+        def counted(rng, h, w, family=family, score=masks.PRIORITIES[family]):
+            calls[family] += 1
+            return score(rng, h, w)
+        monkeypatch.setitem(masks.PRIORITIES, family, counted)
+    draw()
+    return calls
+
+
+def test_mixed_weights_set_how_often_each_family_is_drawn(monkeypatch) -> None:
+    """Weights 1:0:3:0 draw tracks with probability 3/4 and never stations or boxes. With n = 2000
+    the count of tracks is Binomial(2000, 0.75): sd 19.4, so +-5 sd is +-97."""
+    n = 2000
+    calls = _count_families(monkeypatch, lambda: masks.make_masks("mixed", 0.9, n, 8, 8, seed=3,
+                                                                   mixed_weights=[1, 0, 3, 0]))
+    assert calls["stations"] == calls["boxes"] == 0
+    assert calls["random"] + calls["tracks"] == n
+    assert abs(calls["tracks"] - 0.75 * n) < 5 * np.sqrt(n * 0.75 * 0.25)
+
+
+def test_training_masks_follow_the_configured_weights(monkeypatch) -> None:
+    """draw_training_masks passes masks.mixed_weights on: weights 0:0:1:0 draw only tracks."""
+    import torch
+
+    from fieldpaint.config import MasksConfig
+    from fieldpaint.diffusion.conditioning import draw_training_masks
+
+    config = MasksConfig(coverage=(0.9, 0.99), mixed_weights=(0.0, 0.0, 1.0, 0.0))
+    valid = torch.ones(32, 1, 16, 32)
+    calls = _count_families(monkeypatch, lambda: draw_training_masks(valid, config, seed=0))
+    assert calls == {"random": 0, "stations": 0, "tracks": 32, "boxes": 0}
+
+
+@pytest.mark.parametrize("bad", [[0, 0, 0, 0], [1, -1, 1, 1], [1, 1, 1], [1, float("nan"), 1, 1]])
+def test_bad_mixed_weights_raise(bad) -> None:
+    with pytest.raises(FieldpaintError, match="mixed weights must be"):
+        masks.make_masks("mixed", 0.5, 2, 8, 8, mixed_weights=bad)
+
+
+def test_mixed_weights_need_family_mixed() -> None:
+    from fieldpaint.config import MasksConfig
+    from fieldpaint.errors import ConfigError
+
+    with pytest.raises(FieldpaintError, match="apply to family 'mixed'"):
+        masks.make_masks("tracks", 0.5, 2, 8, 8, mixed_weights=[1, 1, 1, 1])
+    with pytest.raises(ConfigError, match="masks.mixed_weights' applies to masks.family 'mixed'"):
+        MasksConfig(family="random", mixed_weights=(1.0, 0.0, 0.0, 0.0))
+    with pytest.raises(ConfigError, match="at least one weight must be positive"):
+        MasksConfig(mixed_weights=(0.0, 0.0, 0.0, 0.0))
+    with pytest.raises(ConfigError, match=r"masks.mixed_weights\[1\]"):
+        MasksConfig(mixed_weights=(1.0, -2.0, 0.0, 0.0))
+
+
 # ------------------------------------------------------------------------------------------
 # bad input
 

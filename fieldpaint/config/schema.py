@@ -227,11 +227,19 @@ class MasksConfig(Section):
     SECTION: ClassVar[str] = "masks"
     family: MaskFamily = "mixed"  # mask family drawn for conditional training
     coverage: tuple[float, float] = number((0.5, 0.995), ge=0.0, lt=1.0)  # hidden fraction, uniform in [low, high]
+    # family mixed: relative frequencies of random, stations, tracks, boxes (null: equal)
+    mixed_weights: tuple[float, float, float, float] | None = number(None, ge=0.0, le=1e6)
 
     def check(self) -> None:
         low, high = self.coverage
         if low > high:
             raise ConfigError(f"config key 'masks.coverage': {list(self.coverage)} must satisfy low <= high")
+        if self.mixed_weights is not None:
+            if self.family != "mixed":
+                raise ConfigError(f"config key 'masks.mixed_weights' applies to masks.family 'mixed', "
+                                  f"not {self.family!r}")
+            if sum(self.mixed_weights) <= 0:
+                raise ConfigError("config key 'masks.mixed_weights': at least one weight must be positive")
 
 
 @dataclass(frozen=True)

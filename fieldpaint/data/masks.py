@@ -14,8 +14,9 @@ never depends on the batch size.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -198,10 +199,25 @@ def box_priority(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return box_distance + 1e-3 / max(height, width) * raster
 
 
-def mixed_priority(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A structured family chosen uniformly at random for this sample."""
-    family = STRUCTURED_FAMILIES[int(rng.integers(len(STRUCTURED_FAMILIES)))]
-    return PRIORITIES[family](rng, height, width)
+def mixed_priority(rng: np.random.Generator, height: int, width: int,
+                   weights: Sequence[float] | None = None) -> np.ndarray:
+    """A structured family chosen at random for this sample: uniformly, or with probabilities
+    proportional to `weights` (one per STRUCTURED_FAMILIES entry)."""
+    if weights is None:
+        index = int(rng.integers(len(STRUCTURED_FAMILIES)))
+    else:
+        index = int(rng.choice(len(STRUCTURED_FAMILIES), p=np.asarray(weights) / np.sum(weights)))
+    return PRIORITIES[STRUCTURED_FAMILIES[index]](rng, height, width)
+
+
+def check_mixed_weights(weights: Sequence[float]) -> np.ndarray:
+    """Raise FieldpaintError unless `weights` are len(STRUCTURED_FAMILIES) finite numbers >= 0, not all 0."""
+    values = np.asarray(weights, dtype=np.float64)
+    if (values.shape != (len(STRUCTURED_FAMILIES),) or not np.isfinite(values).all() or (values < 0).any()
+            or values.sum() <= 0):
+        raise FieldpaintError(f"mixed weights must be {len(STRUCTURED_FAMILIES)} numbers >= 0 "
+                              f"({', '.join(STRUCTURED_FAMILIES)}), not all 0; got {list(weights)!r}")
+    return values
 
 
 PRIORITIES: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
@@ -237,11 +253,13 @@ def make_masks(
     *,
     valid: np.ndarray | None = None,
     seed: int | np.random.Generator = 0,
+    mixed_weights: Sequence[float] | None = None,
 ) -> np.ndarray:
     """(n, 1, H, W) float32 masks, 1 = observed, hiding exactly `coverage` of the valid pixels.
 
     coverage: one float or n floats (e.g. drawn uniformly per sample for conditional training).
     valid: bool (H, W), (n, H, W) or (n, 1, H, W); never-valid pixels are never observed.
+    mixed_weights: for family "mixed", how often each of STRUCTURED_FAMILIES is drawn (default: equally).
     """
     if family not in PRIORITIES:
         raise FieldpaintError(
@@ -258,6 +276,10 @@ def make_masks(
     valid = _valid_pixels(valid, n, height, width)
 
     score = PRIORITIES[family]
+    if mixed_weights is not None:
+        if family != "mixed":
+            raise FieldpaintError(f"mixed weights apply to family 'mixed', not {family!r}")
+        score = functools.partial(mixed_priority, weights=check_mixed_weights(mixed_weights))
     priority = np.zeros((n, height, width))
     for i, rng in enumerate(sample_generators(seed, n)):
         priority[i] = score(rng, height, width)

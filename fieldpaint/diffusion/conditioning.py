@@ -18,7 +18,8 @@ def conditioning_input(x0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def draw_training_masks(valid: torch.Tensor, masks: MasksConfig, seed: int) -> torch.Tensor:
-    """One mask per sample from `masks.family`, coverage uniform in `masks.coverage`, (B, 1, H, W).
+    """One mask per sample from `masks.family` (weighted by `masks.mixed_weights`), coverage uniform
+    in `masks.coverage`, (B, 1, H, W).
 
     Depends only on `seed` and the valid pixels, so a step's masks are the same on resume.
     """
@@ -27,5 +28,6 @@ def draw_training_masks(valid: torch.Tensor, masks: MasksConfig, seed: int) -> t
     low, high = masks.coverage
     coverage = rng.uniform(low, high, size=n)
     valid_np = valid[:, 0].cpu().numpy() > 0.5
-    drawn = make_masks(masks.family, coverage, n, h, w, valid=valid_np, seed=int(rng.integers(2**31)))
+    drawn = make_masks(masks.family, coverage, n, h, w, valid=valid_np, seed=int(rng.integers(2**31)),
+                       mixed_weights=masks.mixed_weights)
     return torch.from_numpy(np.ascontiguousarray(drawn)).to(valid.dtype)
