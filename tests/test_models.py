@@ -16,7 +16,8 @@ from torch import nn
 from fieldpaint.config import load_config, preset_names
 from fieldpaint.errors import ConfigError
 from fieldpaint.models.attention import SelfAttention
-from fieldpaint.models.layers import _GroupNormSiLU, group_norm, group_norm_silu, timestep_embedding
+from fieldpaint.models.layers import (DROPOUT_LEVELS, Dropout, _GroupNormSiLU, dropout_keep_mask, group_norm,
+                                      group_norm_silu, timestep_embedding)
 from fieldpaint.models.registry import build_model, count_parameters, describe_parameters
 from fieldpaint.models.unet import UNet
 
@@ -152,6 +153,66 @@ def test_dropout_is_active_in_train_mode_only():
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(x, t), model(x, t))
+
+
+N_DROPOUT = 2**20  # entries per statistical dropout test: the 5-sigma bounds below follow from it
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.9])
+def test_fast_dropout_keeps_each_entry_with_probability_one_minus_p(p):
+    """The kept fraction is Binomial(N, q) / N with q = 1 - round(p * 32768) / 32768: within 5 sd
+    of q; neighbours (the two half-words of one random integer, and entries one word apart) are
+    uncorrelated within 5 / sqrt(N), the sd of a correlation estimate between independent bits."""
+    torch.manual_seed(0)
+    keep = dropout_keep_mask(torch.empty(N_DROPOUT), p).double()
+    q = 1 - round(p * DROPOUT_LEVELS) / DROPOUT_LEVELS
+    assert abs(keep.mean().item() - q) < 5 * math.sqrt(q * (1 - q) / N_DROPOUT)
+    for lag in (1, 2):
+        r = torch.corrcoef(torch.stack([keep[:-lag], keep[lag:]]))[0, 1].item()
+        assert abs(r) < 5 / math.sqrt(N_DROPOUT), lag
+
+
+def test_fast_dropout_is_unbiased_and_its_gradient_is_its_mask():
+    """E[out] = x: out / x is 0 or 1 / q exactly, and the mean of out over N ones is 1 within
+    5 sd (sd = sqrt((1 - q) / (q N))). The gradient of sum(out * g) is g times the same factor."""
+    torch.manual_seed(1)
+    layer = Dropout(0.2).train()
+    x = torch.ones(N_DROPOUT, requires_grad=True)
+    out = layer(x)
+    q = 1 - round(0.2 * DROPOUT_LEVELS) / DROPOUT_LEVELS
+    assert torch.unique(out).tolist() == [0.0, pytest.approx(1 / q)]
+    assert abs(out.mean().item() - 1) < 5 * math.sqrt((1 - q) / (q * N_DROPOUT))
+    g = torch.randn(N_DROPOUT)
+    out.backward(g)
+    torch.testing.assert_close(x.grad, g * out.detach())
+
+
+def test_fast_dropout_keeps_the_memory_format_and_follows_the_seed():
+    """A channels_last input gives a channels_last output whose zeros are those of the same
+    draw on the NCHW tensor with the same strides; the same seed gives the same mask."""
+    x = torch.randn(2, 6, 8, 10).contiguous(memory_format=torch.channels_last)
+    layer = Dropout(0.5).train()
+    torch.manual_seed(3)
+    a = layer(x)
+    torch.manual_seed(3)
+    b = layer(x)
+    assert a.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(a, b)
+    kept = a != 0
+    torch.testing.assert_close(a[kept], x[kept] * 2)
+    assert 0.3 < kept.float().mean() < 0.7  # 960 entries at q = 0.5: sd 0.016
+    layer.eval()
+    assert layer(x) is x
+
+
+def test_fast_dropout_falls_back_for_strided_tensors_and_p_one():
+    x = torch.randn(4, 6, 8, 10)[:, ::2]  # not dense: nn.Dropout's own path
+    torch.manual_seed(4)
+    a = Dropout(0.5).train()(x)
+    torch.manual_seed(4)
+    assert torch.equal(a, nn.Dropout(0.5).train()(x))
+    assert torch.equal(Dropout(1.0).train()(x.contiguous()), torch.zeros_like(x))
+    assert torch.equal(Dropout(0.0).train()(x), x)
 
 
 @pytest.mark.parametrize("name", ["palette_slim", "film_slim"])

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fieldpaint.models.attention import full_attention, multi_head
-from fieldpaint.models.layers import TimeEmbedding, timestep_embedding
+from fieldpaint.models.layers import Dropout, TimeEmbedding, timestep_embedding
 
 CONDITIONING = ("none", "concat")
 
@@ -70,7 +70,7 @@ class Block(nn.Module):
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=not adaln, eps=1e-6)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Dropout(dropout),
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), Dropout(dropout),
                                  nn.Linear(hidden, dim))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) if adaln else None
 
