@@ -116,7 +116,8 @@ def run_group(methods: dict[str, Reconstructor], fields: FieldSplit, stats: Fiel
                            masks[i].numpy(), fields.valid[i].numpy(), stats)
             rows.append({"method": name, "mask": family, "coverage": coverage, "field": int(fields.index[i]),
                          "seed": case_seed(seed, int(fields.index[i]), family, coverage),
-                         "nfe": rec.nfe, "seconds": seconds, **scores})
+                         "nfe": rec.nfe, "members": 0 if rec.members is None else int(rec.members.shape[1]),
+                         "seconds": seconds, **scores})
     if reference is not None:
         if reference not in methods:
             raise FieldpaintError(f"the reference {reference!r} was not evaluated")
@@ -238,9 +239,11 @@ def build_methods(names: list[str], runs: list, baseline_data, *, sampler: dict,
                   per_method: dict[str, dict] | None = None,
                   candidates: tuple[str, ...] = REFERENCE_CANDIDATES) -> dict[str, Reconstructor]:
     """Reconstructors for `names`; a diffusion method once per run whose model fits it (labelled
-    RUN:method when there are several runs). The reference's candidates always run."""
+    RUN:method when there are several runs). The reference's candidates always run. `per_method`:
+    options of one method, its sampler's (steps, cg_iterations, ...) or the GP's, and `samples`,
+    its own member count instead of the evaluation's."""
     from fieldpaint.api import on_model_grid
-    from fieldpaint.reconstruct import build_reconstructor, check_method, fits
+    from fieldpaint.reconstruct import FixedMembers, build_reconstructor, check_method, fits
 
     wanted = [k for k in candidates if k not in names] + list(names)
     methods: dict[str, Reconstructor] = {}
@@ -253,10 +256,13 @@ def build_methods(names: list[str], runs: list, baseline_data, *, sampler: dict,
         if not fitting:
             raise FieldpaintError(f"no run can use method {name!r}: "
                                   f"{'a conditional' if fits(name, True) else 'an unconditional'} model is needed")
+        own = dict(own)
+        members = own.pop("samples", None)
         for run in fitting:
             label = name if len(runs) == 1 else f"{run.label}:{name}"
             built = build_reconstructor(name, run=run, sampler={**sampler, **own}, seed=seed)
-            methods[label] = on_model_grid(built, run.config)  # pads (or tiles) to the model's grid
+            built = on_model_grid(built, run.config)  # pads (or tiles) to the model's grid
+            methods[label] = built if members is None else FixedMembers(built, members)
     return methods
 
 

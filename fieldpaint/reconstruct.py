@@ -38,6 +38,24 @@ class Reconstructor(Protocol):
         ...
 
 
+@dataclass
+class FixedMembers:
+    """`inner` drawing `samples` members whatever the caller asks: an evaluation can give a cheap
+    sampler more members than an expensive one."""
+
+    inner: Reconstructor
+    samples: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise FieldpaintError(f"samples must be an integer >= 1, got {self.samples!r}")
+        self.name = self.inner.name
+
+    def reconstruct(self, obs: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, *,
+                    samples: int = 1, seed: int = 0) -> Reconstruction:
+        return self.inner.reconstruct(obs, mask, valid, samples=self.samples, seed=seed)
+
+
 def ensemble_summary(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) over the member axis of (B, K, C, H, W); std is 0 for a single member."""
     mean = members.mean(dim=1)

@@ -78,10 +78,11 @@ def cost_table(summary: pd.DataFrame, cg_iterations: int = DEFAULT_CG_ITERATIONS
     rows = costed(summary, cg_iterations)
     if rows.empty:
         return ["No method with network evaluations was evaluated.", ""]
-    lines = ["| method | NFE per member (forward passes) | forward-equivalents per member | s/field |",
-             "|---|---|---|---|"]
+    lines = ["| method | members | NFE per member (forward passes) | forward-equivalents per member | s/field |",
+             "|---|---|---|---|---|"]
     for method, g in rows.groupby("method", sort=True):
-        lines.append(f"| {method} | {_fmt(g['nfe'].mean())} | {_fmt(g['forward_equivalents'].mean())} | "
+        members = _fmt(g["members"].mean()) if "members" in g else "n/a"
+        lines.append(f"| {method} | {members} | {_fmt(g['nfe'].mean())} | {_fmt(g['forward_equivalents'].mean())} | "
                      f"{_fmt(g['seconds_per_field'].mean())} |")
     return lines + [""]
 

@@ -168,6 +168,7 @@ def _group_row(method: str, mask: str, coverage: float, g: pd.DataFrame, referen
         **{f"{k}_mean": _finite_mean(g[k], ok) if k in g else math.nan
            for k in ("mse_physical", "mae", "mae_physical", "crps", "spread_skill", "spectrum_error")},
         "nfe": _finite_mean(g["nfe"], ok) if "nfe" in g else math.nan,
+        "members": _finite_mean(g["members"], ok) if "members" in g else math.nan,
         "seconds_per_field": _finite_mean(g["seconds"], ok) if "seconds" in g else math.nan,
     }
 

@@ -113,3 +113,21 @@ def test_unknown_method_and_mask_are_one_line_errors(grf_run, tmp_path, capsys):
     assert "coverage" in capsys.readouterr().err
     assert main(base + ["--methods", "conditional"]) == 2
     assert "conditional" in capsys.readouterr().err
+
+
+def test_a_method_may_draw_its_own_member_count(grf_run):
+    """per_method {"samples": K} gives that method K members whatever the evaluation asks, and the
+    rows record each method's member count (0 for Gaussian baselines)."""
+    from fieldpaint.evaluate import build_methods, load_fields
+    from fieldpaint.reconstruct import BaselineData
+    from fieldpaint.runs import load_run
+
+    run = load_run(grf_run / "run")
+    fields, _, stats, _, attrs = load_fields([run], None, None, "test", 2)
+    baseline = BaselineData(stats, attrs, load_train=lambda: None)
+    methods = build_methods(["linear", "ddnm"], [run], baseline, sampler={"steps": 3}, gp={},
+                            per_method={"ddnm": {"samples": 3}}, candidates=())
+    rows = run_group(methods, fields, stats, "random", 0.5, samples=2, seed=0)
+    members = {r["method"]: r["members"] for r in rows}
+    assert members == {"linear": 0, "ddnm": 3}
+    assert {r["nfe"] for r in rows if r["method"] == "ddnm"} == {3}
