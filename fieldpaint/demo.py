@@ -63,12 +63,12 @@ FAMILIES = ("random", "tracks")
 
 
 def make_plan(minutes: float, device: torch.device, quick: bool = False) -> DemoPlan:
-    """CPU: 32x64 fields; the conditional model (3.8 M parameters, [32, 64, 128]) gets 52 % of the
-    budget, the unconditional one (1 M, [16, 32, 64]) 10 %; data ~1 min and evaluation the rest
-    at 15 minutes. More minutes buy more data (up to 4x), training and test fields (up to 96).
+    """CPU: 32x64 fields; the conditional model (3.8 M parameters, [32, 64, 128]) gets 46 % of the
+    budget, the unconditional one (1 M, [16, 32, 64]) 9 %; data ~1 min and evaluation (~5 min:
+    14 members of the conditional model, 3 of MMPS) the rest at 15 minutes. More minutes buy more data (up to 4x), training and test fields (up to 96).
     CUDA: the notes' 64x128 slim models.
 
-    The conditional model is scored by the mean of 16 members of 10 DPM-Solver++ steps: the
+    The conditional model is scored by the mean of 14 members of 10 DPM-Solver++ steps: the
     error of a K-member mean is the posterior variance times (1 + 1/K) above that of the posterior
     mean, so 16 members of 10 steps beat 4 of 20 at the same cost (measured on the demo's model:
     tracks 0.81 / 0.89 / 1.04 against 0.96 / 1.04 / 1.18 at 90 / 95 / 99 % hidden)."""
@@ -84,8 +84,8 @@ def make_plan(minutes: float, device: torch.device, quick: bool = False) -> Demo
                         ModelPlan("standard_attn_slim", (32, 64, 128, 128), 32, minutes * 0.3, "mmps", 50, 8, 10),
                         min(200, round(50 * scale)), COVERAGES, FAMILIES)
     return DemoPlan(32, 64, round(1600 * min(scale, 4.0)), 160, 32, 1000,
-                    ModelPlan("palette_slim", (32, 64, 128), 8, minutes * 0.52, "conditional-dpm", 10, 16),
-                    ModelPlan("standard_attn_slim", (16, 32, 64), 8, minutes * 0.10, "mmps", 20, 4, 3),
+                    ModelPlan("palette_slim", (32, 64, 128), 8, minutes * 0.46, "conditional-dpm", 10, 14),
+                    ModelPlan("standard_attn_slim", (16, 32, 64), 8, minutes * 0.09, "mmps", 20, 3, 3),
                     min(96, round(24 * math.sqrt(scale))), COVERAGES, FAMILIES)
 
 

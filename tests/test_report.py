@@ -95,6 +95,7 @@ def test_report_draws_quality_against_network_evaluations(tmp_path):
             table = cases_table({k: list(v) for k, v in methods.items()}, mask=mask, coverage=coverage)
             table["nfe"] = table["method"].map({"gp-dataset": 0, "ddnm": 100, "mmps": 50, "ddim-50": 50,
                                                 "ddim-20": 20, "dpm-10": 10})
+            table["members"] = table["method"].map(lambda m: 0 if m == "gp-dataset" else 16 if m == "dpm-10" else 4)
             table["crps"] = table["mse"] ** 0.5
             frames.append(table)
     table = pd.concat(frames, ignore_index=True)
@@ -109,6 +110,6 @@ def test_report_draws_quality_against_network_evaluations(tmp_path):
     assert figure.stat().st_size > 5000
     assert "![quality against NFE](figures/quality_vs_nfe.png)" in report
     costs = section(report, "MSE and CRPS against NFE per method")
-    assert "| mmps | 50 | 550 |" in costs  # 50 · (1 + 2 · 5)
-    assert "| ddnm | 100 | 100 |" in costs and "| dpm-10 | 10 | 10 |" in costs
+    assert "| mmps | 4 | 50 | 550 |" in costs  # members, NFE, 50 · (1 + 2 · 5)
+    assert "| ddnm | 4 | 100 | 100 |" in costs and "| dpm-10 | 16 | 10 | 10 |" in costs
     assert "gp-dataset" not in costs and "| kriging" not in costs  # no network, no cost row

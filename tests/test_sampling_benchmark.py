@@ -48,7 +48,7 @@ def test_evaluate_runs_mmps_and_conditional_dpm(grf_runs, tmp_path):
     report = (out / "report.md").read_text()
     assert "- MMPS CG iterations per step: 3" in report
     assert "![quality against NFE](figures/quality_vs_nfe.png)" in report
-    assert "| unconditional:mmps | 4 | 28 |" in report  # 4 · (1 + 2 · 3) forward-equivalents
+    assert "| unconditional:mmps | 2 | 4 | 28 |" in report  # 2 members, 4 NFE, 4 · (1 + 2 · 3) forward-equivalents
     assert (out / "figures" / "quality_vs_nfe.png").stat().st_size > 1000
 
 
