@@ -66,6 +66,15 @@ def test_bad_config_names_the_key(values, key):
     assert repr(key) in str(err.value) and "\n" not in str(err.value)
 
 
+def test_an_optional_key_reports_its_own_type_error():
+    """An optional tuple of the wrong length says how many values it needs, not 'wrong type'."""
+    with pytest.raises(ConfigError, match=r"'masks.mixed_weights': expected 4 values, got 3"):
+        from_dict({"masks": {"mixed_weights": [1, 0, 0]}})
+    with pytest.raises(ConfigError, match=r"'data.height': expected an integer, got 'tall'"):
+        from_dict({"data": {"height": "tall"}})
+    assert from_dict({"masks": {"mixed_weights": None}}).masks.mixed_weights is None
+
+
 def test_attention_by_resolution_and_by_index_agree():
     from fieldpaint.models.structure import attention_level_indices
 

@@ -43,6 +43,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        given = [arg for arg in args if arg is not type(None)]
+        if len(given) == 1:  # an optional value: its own type's error (e.g. "expected 4 values") says more
+            return _coerce(value, given[0], key)
         for arg in args:
             if arg is type(None):
                 continue
