@@ -65,13 +65,14 @@ FAMILIES = ("random", "tracks")
 def make_plan(minutes: float, device: torch.device, quick: bool = False) -> DemoPlan:
     """CPU: 32x64 fields; the conditional model (3.8 M parameters, [32, 64, 128]) gets 46 % of the
     budget, the unconditional one (1 M, [16, 32, 64]) 9 %; data ~1 min and evaluation (~5 min:
-    14 members of the conditional model, 3 of MMPS) the rest at 15 minutes. More minutes buy more data (up to 4x), training and test fields (up to 96).
-    CUDA: the notes' 64x128 slim models.
+    14 members of the conditional model, 3 of MMPS) the rest at 15 minutes. More minutes buy
+    more data (up to 4x), training and test fields (up to 96). CUDA: the notes' 64x128 slim models.
 
     The conditional model is scored by the mean of 14 members of 10 DPM-Solver++ steps: the
     error of a K-member mean is the posterior variance times (1 + 1/K) above that of the posterior
-    mean, so 16 members of 10 steps beat 4 of 20 at the same cost (measured on the demo's model:
-    tracks 0.81 / 0.89 / 1.04 against 0.96 / 1.04 / 1.18 at 90 / 95 / 99 % hidden)."""
+    mean, so members pay more than steps (measured on the demo's model along tracks at 90 / 95 /
+    99 % hidden, MSE over kriging's: 4 members of 20 steps 0.96 / 1.04 / 1.18, 8 of 10 at the same
+    cost 0.88 / 0.95 / 1.12, 16 of 10 at twice the cost 0.81 / 0.89 / 1.04)."""
     if quick:  # a smoke test of every stage, whatever the budget
         return DemoPlan(16, 32, 96, 16, 16, 100,
                         ModelPlan("palette_slim", (8, 16), 4, 0.15, "conditional-dpm", 6, 3),
