@@ -49,7 +49,10 @@ class FixedMembers:
     def __post_init__(self) -> None:
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
             raise FieldpaintError(f"samples must be an integer >= 1, got {self.samples!r}")
-        self.name = self.inner.name
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
 
     def reconstruct(self, obs: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, *,
                     samples: int = 1, seed: int = 0) -> Reconstruction:

@@ -200,24 +200,25 @@ def box_priority(rng: np.random.Generator, height: int, width: int) -> np.ndarra
 
 
 def mixed_priority(rng: np.random.Generator, height: int, width: int,
-                   weights: Sequence[float] | None = None) -> np.ndarray:
-    """A structured family chosen at random for this sample: uniformly, or with probabilities
-    proportional to `weights` (one per STRUCTURED_FAMILIES entry)."""
-    if weights is None:
+                   probabilities: np.ndarray | None = None) -> np.ndarray:
+    """A structured family chosen at random for this sample: uniformly, or with `probabilities`
+    (one per STRUCTURED_FAMILIES entry, summing to 1)."""
+    if probabilities is None:
         index = int(rng.integers(len(STRUCTURED_FAMILIES)))
     else:
-        index = int(rng.choice(len(STRUCTURED_FAMILIES), p=np.asarray(weights) / np.sum(weights)))
+        index = int(rng.choice(len(STRUCTURED_FAMILIES), p=probabilities))
     return PRIORITIES[STRUCTURED_FAMILIES[index]](rng, height, width)
 
 
-def check_mixed_weights(weights: Sequence[float]) -> np.ndarray:
-    """Raise FieldpaintError unless `weights` are len(STRUCTURED_FAMILIES) finite numbers >= 0, not all 0."""
+def mixed_probabilities(weights: Sequence[float]) -> np.ndarray:
+    """`weights` normalised to sum to 1; FieldpaintError unless they are len(STRUCTURED_FAMILIES)
+    finite numbers >= 0, not all 0."""
     values = np.asarray(weights, dtype=np.float64)
     if (values.shape != (len(STRUCTURED_FAMILIES),) or not np.isfinite(values).all() or (values < 0).any()
             or values.sum() <= 0):
         raise FieldpaintError(f"mixed weights must be {len(STRUCTURED_FAMILIES)} numbers >= 0 "
                               f"({', '.join(STRUCTURED_FAMILIES)}), not all 0; got {list(weights)!r}")
-    return values
+    return values / values.sum()
 
 
 PRIORITIES: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
@@ -279,7 +280,7 @@ def make_masks(
     if mixed_weights is not None:
         if family != "mixed":
             raise FieldpaintError(f"mixed weights apply to family 'mixed', not {family!r}")
-        score = functools.partial(mixed_priority, weights=check_mixed_weights(mixed_weights))
+        score = functools.partial(mixed_priority, probabilities=mixed_probabilities(mixed_weights))
     priority = np.zeros((n, height, width))
     for i, rng in enumerate(sample_generators(seed, n)):
         priority[i] = score(rng, height, width)
