@@ -21,9 +21,29 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     assert (summary["failures"] == 0).all() and set(summary["verdict"]) <= {
         "better", "worse", "indistinguishable", "reference"}
     assert all(math.isfinite(v) for v in summary[["mse_mean", "crps_mean", "ratio_gmean"]].to_numpy().ravel())
+    members = summary.groupby("method")["members"].first()  # each model's own count (make_plan, quick)
+    assert members["conditional:conditional-dpm"] == 3 and members["unconditional:mmps"] == 2
     report = (out / "report.md").read_text()
     assert "## Verdict" in report and "nan" not in report.split("## Tables")[1].split("## Example")[0]
     # A rerun skips every finished stage and leaves the results as they were.
     before = (out / "cases.csv").read_text()
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     assert (out / "cases.csv").read_text() == before
+
+
+def test_demo_trains_the_conditional_model_on_the_masks_it_is_scored_on(tmp_path):
+    """The conditional config draws 85-99.5 % hidden, mixed weighted toward tracks, without dropout;
+    the unconditional one keeps the preset's masks; both plans give each model its own members."""
+    import torch
+
+    from fieldpaint.demo import DEMO_MASKS, demo_config, make_plan
+
+    plan = make_plan(15.0, torch.device("cpu"))
+    conditional = demo_config(plan, plan.conditional, tmp_path / "d.nc", 20, 50, "cpu")
+    unconditional = demo_config(plan, plan.unconditional, tmp_path / "d.nc", 6, 50, "cpu")
+    assert conditional.masks.coverage == tuple(DEMO_MASKS["coverage"]) == (0.85, 0.995)
+    assert conditional.masks.mixed_weights == (7.0, 2.0, 9.0, 2.0)
+    assert unconditional.masks.mixed_weights is None
+    assert conditional.model.dropout == unconditional.model.dropout == 0.0
+    assert (plan.conditional.samples, plan.conditional.steps) == (14, 10)
+    assert plan.unconditional.samples == 3
