@@ -56,25 +56,25 @@ class OnModelGrid:
         obs, mask, valid = (pad_to(a, held) for a in (obs, mask, valid))  # padding: mask 0, valid 0
         if held == self.grid:
             r = self.inner.reconstruct(obs, mask, valid, samples=samples, seed=seed)
-            mean, std, members, nfe = r.mean, r.std, r.members, r.nfe
+            mean, std, members, nfe, mean_step = r.mean, r.std, r.members, r.nfe, r.mean_step
         else:
             tiles = iter(range(10**9))
-            nfes = []
+            done = []
 
             def one_tile(o, m, v):
                 r = self.inner.reconstruct(o, m, v, samples=samples, seed=seed + next(tiles) * TILE_SEED_STRIDE)
-                nfes.append(r.nfe)
+                done.append(r)
                 return r.mean, r.std, r.members
 
             mean, std, members = reconstruct_tiled(one_tile, [obs, mask, valid], self.grid, self.overlap)
-            nfe = max(nfes)
+            nfe, mean_step = max(r.nfe for r in done), done[0].mean_step
             observed = ((mask > 0.5) & (valid > 0.5)).expand_as(mean)
             if getattr(self.inner, "sigma_y", 0.0) == 0.0:  # observed values stay exact, as untiled
                 mean = torch.where(observed, obs.to(mean.dtype), mean)
                 std = torch.where(observed, torch.zeros_like(std), std)
         return Reconstruction(mean=crop(mean, original), std=crop(std, original),
                               members=None if members is None else crop(members, original), nfe=nfe,
-                              seconds=time.perf_counter() - started)
+                              seconds=time.perf_counter() - started, mean_step=mean_step)
 
 
 def on_model_grid(method, config, overlap: tuple[int, int] | int | None = None):

@@ -9,6 +9,10 @@ The reference every ratio is taken against is `kriging`: for each (mask family, 
 kriging variant with the lowest error on validation cases drawn from the *training* split
 (fieldpaint.reference), never chosen by test scores. Its rows in `cases.csv` repeat those of the
 chosen variant, whose name they carry in `reference_variant`.
+
+A conditional method's mean may come from an intermediate sampling step (a Rao-Blackwellised
+mean, fieldpaint.mean_step); that step, too, is chosen per group on the same validation cases,
+recorded in mean_step.json and in each case's `mean_step` column (empty: the members' average).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from fieldpaint.reconstruct import Reconstruction, Reconstructor
 
 REFERENCE = "kriging"  # the strongest kriging variant, chosen per group on training fields
 REFERENCE_CANDIDATES = ("gp", "gp-dataset")  # the kriging variants it is chosen from (--reference auto)
-OUTPUTS = ("cases.csv", "summary.csv", "summary.json", "reference.json", "report.md")
+OUTPUTS = ("cases.csv", "summary.csv", "summary.json", "reference.json", "mean_step.json", "report.md")
 
 
 def case_seed(base: int, index: int, family: str, coverage: float) -> int:
@@ -47,8 +51,12 @@ def draw_case_masks(fields: FieldSplit, family: str, coverage: float, seed: int)
 
 
 def score(truth: np.ndarray, rec_mean: np.ndarray, rec_std: np.ndarray, members: np.ndarray | None,
-          mask: np.ndarray, valid: np.ndarray, stats: FieldStats) -> dict:
-    """All scores of one case; fields (C, H, W) normalised; physical-unit MSE via the channel stds."""
+          mask: np.ndarray, valid: np.ndarray, stats: FieldStats, mean_of_members: bool = True) -> dict:
+    """All scores of one case; fields (C, H, W) normalised; physical-unit MSE via the channel stds.
+
+    mean_of_members: whether the mean is the members' average, whose K-member error spread/skill
+    corrects for; a mean from an intermediate step (Rao-Blackwellised) has most of it integrated out
+    and is compared with the members' spread uncorrected."""
     scored = scored_pixels(mask, valid)
     if not scored.any():
         return {}
@@ -63,7 +71,7 @@ def score(truth: np.ndarray, rec_mean: np.ndarray, rec_std: np.ndarray, members:
         "mae_physical": float(np.mean(np.abs(err) * scale[:, None])),
         "crps": crps(truth, scored, mean=rec_mean, std=rec_std, members=members),
         "spread_skill": spread_skill(rec_mean, rec_std, truth, scored,
-                                     members=None if members is None else members.shape[0]),
+                                     members=members.shape[0] if members is not None and mean_of_members else None),
         "spectrum_error": spectrum_error(*filled),
         "observed_max_error": float(np.abs(rec_mean - truth)[:, (mask.reshape(scored.shape) > 0.5)].max(initial=0.0)),
     }
@@ -113,11 +121,11 @@ def run_group(methods: dict[str, Reconstructor], fields: FieldSplit, stats: Fiel
         members = None if rec.members is None else rec.members.cpu().double().numpy()
         for i in range(len(fields)):
             scores = score(fields.x[i].double().numpy(), mean[i], std[i], None if members is None else members[i],
-                           masks[i].numpy(), fields.valid[i].numpy(), stats)
+                           masks[i].numpy(), fields.valid[i].numpy(), stats, mean_of_members=rec.mean_step is None)
             rows.append({"method": name, "mask": family, "coverage": coverage, "field": int(fields.index[i]),
                          "seed": case_seed(seed, int(fields.index[i]), family, coverage),
                          "nfe": rec.nfe, "members": 0 if rec.members is None else int(rec.members.shape[1]),
-                         "seconds": seconds, **scores})
+                         "mean_step": rec.mean_step, "seconds": seconds, **scores})
     if reference is not None:
         if reference not in methods:
             raise FieldpaintError(f"the reference {reference!r} was not evaluated")
@@ -142,13 +150,17 @@ def check_output_folder(out: Path, resume: bool) -> None:
 
 def evaluate(methods: dict[str, Reconstructor], fields: FieldSplit, stats: FieldStats, families: list[str],
              coverages: list[float], out: Path, *, samples: int = 8, seed: int = 0, resume: bool = False,
-             progress: bool = True, references: dict[tuple[str, float], dict] | None = None) -> pd.DataFrame:
+             progress: bool = True, references: dict[tuple[str, float], dict] | None = None,
+             mean_steps: dict[tuple[str, float], dict[str, dict]] | None = None) -> pd.DataFrame:
     """Score every method on every case; write cases.csv, summary.csv, summary.json and, with
     `references`, reference.json into `out`.
 
     references: per (family, coverage), the choice of reference (fieldpaint.reference.choose_references):
     {"chosen": method name, ...}; its rows are repeated as `kriging`.
+    mean_steps: per (family, coverage), {method label: {"chosen": step, ...}} (fieldpaint.mean_step):
+    the sampling step that method's mean is taken from in that group; written to mean_step.json.
     """
+    from fieldpaint.reconstruct import with_mean_step
     from fieldpaint.summary import crossover, summarize
 
     check_output_folder(out, resume)
@@ -157,6 +169,10 @@ def evaluate(methods: dict[str, Reconstructor], fields: FieldSplit, stats: Field
         write_text_atomic(out / "reference.json", json.dumps(
             [{"mask": f, "coverage": c, **choice} for (f, c), choice in references.items()], indent=2,
             default=_json_default) + "\n", overwrite=True)
+    if mean_steps:
+        write_text_atomic(out / "mean_step.json", json.dumps(
+            [{"mask": f, "coverage": c, "method": label, **choice} for (f, c), group in mean_steps.items()
+             for label, choice in group.items()], indent=2, default=_json_default) + "\n", overwrite=True)
     cases_path = out / "cases.csv"
     done = pd.read_csv(cases_path) if resume and cases_path.exists() else pd.DataFrame()
     finished = set() if done.empty else {(m, f, round(c, 6)) for m, f, c in
@@ -165,7 +181,9 @@ def evaluate(methods: dict[str, Reconstructor], fields: FieldSplit, stats: Field
     bar = tqdm(groups, desc="evaluating", unit="group", disable=not progress)
     for family, coverage in bar:
         reference = (references or {}).get((family, coverage), {}).get("chosen")
-        todo = {n: m for n, m in methods.items() if (n, family, round(coverage, 6)) not in finished}
+        steps = (mean_steps or {}).get((family, coverage), {})
+        todo = {n: with_mean_step(m, steps[n]["chosen"]) if n in steps else m
+                for n, m in methods.items() if (n, family, round(coverage, 6)) not in finished}
         if reference is not None and (REFERENCE, family, round(coverage, 6)) not in finished:
             todo[reference] = methods[reference]  # the reference rows are written with the group
         bar.set_postfix(mask=family, coverage=coverage)
@@ -270,10 +288,12 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
                         data_path: str | None = None, variables: list[str] | None = None, split: str = "test",
                         n: int = 100, samples: int = 8, seed: int = 0, sampler: dict | None = None,
                         gp: dict | None = None, per_method: dict[str, dict] | None = None,
-                        reference: str = "auto", validation_fields: int = 16, resume: bool = False,
-                        progress: bool = True, header: dict | None = None) -> Path:
-    """The whole evaluation into `out`: cases.csv, summary.*, reference.json and report.md; returns the
-    report's path. `reference`: 'auto' (chosen per group on training fields) or a method name."""
+                        reference: str = "auto", validation_fields: int = 16, mean_step: str | int = "auto",
+                        resume: bool = False, progress: bool = True, header: dict | None = None) -> Path:
+    """The whole evaluation into `out`: cases.csv, summary.*, reference.json, mean_step.json and
+    report.md; returns the report's path. `reference`: 'auto' (chosen per group on training fields) or
+    a method name. `mean_step`, for the conditional methods: 'auto' (chosen per group on the same
+    validation cases), 'members' (the members' average) or one sampling step for every group."""
     from fieldpaint.data.fields import periodic_axes
     from fieldpaint.reconstruct import BaselineData
     from fieldpaint.reference import choose_references, split_validation
@@ -298,10 +318,39 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
                    for f in families for c in coverages}
     else:
         raise FieldpaintError(f"--reference {reference!r} is not among the evaluated methods: {', '.join(built)}")
+    steps = mean_steps_for(built, mean_step, validation, families, coverages, samples=samples, seed=seed)
     if progress:
         tqdm.write(f"evaluating {', '.join(built)} on {len(fields)} {split} fields x {len(families)} mask "
                    f"families x {len(coverages)} coverages; reference: kriging chosen on {len(validation)} "
                    "training fields")
     evaluate(built, fields, stats, families, coverages, out, samples=samples, seed=seed, resume=resume,
-             progress=progress, references=choices)
+             progress=progress, references=choices, mean_steps=steps)
     return write_report(out, stats, [run.path for run in runs], dict(header or {}), reference=REFERENCE)
+
+
+def mean_steps_for(methods: dict[str, Reconstructor], mean_step: str | int, validation: FieldSplit,
+                   families: list[str], coverages: list[float], *, samples: int,
+                   seed: int) -> dict[tuple[str, float], dict[str, dict]]:
+    """Per group, the sampling step each conditional method's mean is taken from (see evaluate's
+    `mean_steps`): chosen on the validation cases ('auto'), the members' average ('members', an
+    empty choice) or one given step. A model whose grid is not the validation fields' keeps its
+    members' average under 'auto'."""
+    from fieldpaint.diffusion.reconstructor import CONDITIONAL, check_mean_step
+    from fieldpaint.mean_step import choose_mean_steps
+    from fieldpaint.reconstruct import innermost, member_count
+
+    conditional = {label: innermost(m) for label, m in methods.items()
+                   if getattr(innermost(m), "method", None) in CONDITIONAL}
+    if mean_step == "members" or not conditional:
+        return {}
+    if mean_step != "auto":
+        if isinstance(mean_step, str):
+            raise FieldpaintError(f"mean step must be auto, members or a sampling step, got {mean_step!r}")
+        for core in conditional.values():
+            check_mean_step(mean_step, core.method, core.steps)
+        return {(f, c): {label: {"chosen": mean_step, "steps": core.steps} for label, core in conditional.items()}
+                for f in families for c in coverages}
+    grid = tuple(validation.x.shape[-2:])
+    chooseable = {label: (core, member_count(methods[label], samples)) for label, core in conditional.items()
+                  if (core.config.data.height, core.config.data.width) == grid}
+    return choose_mean_steps(chooseable, validation, families, coverages, seed=seed) if chooseable else {}

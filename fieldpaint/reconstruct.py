@@ -11,6 +11,7 @@ Shapes: obs (B, C, H, W) with anything at hidden pixels (they are ignored), mask
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -27,6 +28,8 @@ class Reconstruction:
     members: torch.Tensor | None = None  # (B, K, C, H, W) ensemble members, None for Gaussian methods
     nfe: int = 0  # network evaluations per member (0 for baselines)
     seconds: float = 0.0  # wall time for the whole batch
+    mean_step: int | None = None  # the sampling step whose denoised fields' member average is the mean; None:
+    #                               the members' own average (or a Gaussian method's mean)
 
 
 class Reconstructor(Protocol):
@@ -57,6 +60,33 @@ class FixedMembers:
     def reconstruct(self, obs: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, *,
                     samples: int = 1, seed: int = 0) -> Reconstruction:
         return self.inner.reconstruct(obs, mask, valid, samples=self.samples, seed=seed)
+
+
+def innermost(method: Reconstructor) -> Reconstructor:
+    """The reconstructor inside wrappers such as FixedMembers and api.OnModelGrid (each holds `inner`)."""
+    while getattr(method, "inner", None) is not None:
+        method = method.inner
+    return method
+
+
+def member_count(method: Reconstructor, default: int) -> int:
+    """The members `method` draws when asked for `default`: a FixedMembers wrapper's own count."""
+    while method is not None:
+        if isinstance(method, FixedMembers):
+            return method.samples
+        method = getattr(method, "inner", None)
+    return default
+
+
+def with_mean_step(method: Reconstructor, step: int | None) -> Reconstructor:
+    """`method` (a DiffusionReconstructor, possibly in wrappers) with its mean from sampling step `step`;
+    the wrappers are copied, not changed."""
+    inner = getattr(method, "inner", None)
+    if inner is None:
+        return method.with_mean_step(step)
+    outer = copy.copy(method)
+    outer.inner = with_mean_step(inner, step)
+    return outer
 
 
 def ensemble_summary(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,7 @@ and the runs' metrics, so a report can be redrawn without re-running anything.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -120,6 +121,32 @@ def kriging_table(summary: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
+def mean_step_table(out: Path) -> list[str]:
+    """Where each conditional method's mean came from, group by group (mean_step.json): the chosen
+    sampling step and the validation error there beside the members' average's."""
+    path = out / "mean_step.json"
+    if not path.exists():
+        return []
+    choices = json.loads(path.read_text())
+    if not choices:
+        return []
+    lines = ["## Where the conditional models' means come from", "",
+             "Per mask family and coverage, the sampling step whose denoised fields, averaged over the members, "
+             "had the lowest geometric-mean MSE on validation cases from the train split (step 1 is the noisiest; "
+             "the last step is the members' own average). Test scores took no part. Spread/skill for such a mean "
+             "compares it with the members' spread without the K-member correction.", "",
+             "| mask | coverage | method | mean from step | validation MSE there | validation MSE of the members' "
+             "average |", "|---|---|---|---|---|---|"]
+    for c in choices:
+        scores = c.get("validation_gmean_mse") or []
+        chosen = int(c["chosen"])
+        step = "the members' average" if chosen == int(c["steps"]) else f"{chosen} of {c['steps']}"
+        there = _fmt(scores[chosen - 1]) if scores else "n/a"
+        last = _fmt(scores[-1]) if scores else "n/a"
+        lines.append(f"| {c['mask']} | {percent(c['coverage'])} | {c['method']} | {step} | {there} | {last} |")
+    return lines + [""]
+
+
 def _load_summary(out: Path, reference: str | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """summary.csv as evaluate wrote it, or recomputed from cases.csv when it is of an older format or
     against another reference than the one asked for."""
@@ -164,6 +191,7 @@ def write_report(out: Path, stats: FieldStats, runs: list[Path], header: dict, *
               "", "## Verdict", ""]
     lines += verdict(summary, cases)
     lines += ["", f"## Kriging variants beside the reference ({reference})", ""] + kriging_table(summary)
+    lines += [""] + mean_step_table(out)
     lines += ["", f"## MSE ratio to {reference} against coverage", "",
               f"![ratio]({plot_ratio_vs_coverage(summary, figures / 'ratio_vs_coverage.png').relative_to(out)})", ""]
     cg = int(cg_iterations or (header or {}).get(CG_HEADER) or DEFAULT_CG_ITERATIONS)

@@ -11,7 +11,8 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
-    for name in ("report.md", "cases.csv", "summary.csv", "summary.json", "reference.json", "data/kolmogorov.nc",
+    for name in ("report.md", "cases.csv", "summary.csv", "summary.json", "reference.json", "mean_step.json",
+                 "data/kolmogorov.nc",
                  "runs/unconditional/checkpoints/best.safetensors", "runs/conditional/checkpoints/best.safetensors",
                  "figures/ratio_vs_coverage.png", "figures/training_unconditional.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -25,6 +26,7 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     assert members["conditional:conditional-dpm"] == 3 and members["unconditional:mmps"] == 2
     report = (out / "report.md").read_text()
     assert "## Verdict" in report and "nan" not in report.split("## Tables")[1].split("## Example")[0]
+    assert "## Where the conditional models' means come from" in report  # the step chosen on validation fields
     # A rerun skips every finished stage and leaves the results as they were.
     before = (out / "cases.csv").read_text()
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
@@ -45,5 +47,5 @@ def test_demo_trains_the_conditional_model_on_the_masks_it_is_scored_on(tmp_path
     assert conditional.masks.mixed_weights == (7.0, 2.0, 9.0, 2.0)
     assert unconditional.masks.mixed_weights is None
     assert conditional.model.dropout == unconditional.model.dropout == 0.0
-    assert (plan.conditional.samples, plan.conditional.steps) == (14, 10)
+    assert (plan.conditional.samples, plan.conditional.steps) == (10, 10)
     assert plan.unconditional.samples == 3

@@ -1,21 +1,17 @@
 """The evaluation harness: same cases for every method, summary arithmetic, files and report end to end."""
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from conftest import train_tiny_grf_run
 from fieldpaint.cli import main
-from fieldpaint.config import from_dict
-from fieldpaint.data.grf import generate_grf
-from fieldpaint.data.io import write_dataset
 from fieldpaint.data.fields import FieldSplit, FieldStats
 from fieldpaint.evaluate import draw_case_masks, run_group
 from fieldpaint.reconstruct import Reconstruction
-from fieldpaint.train import train
 
 
 class Recorder:
@@ -55,17 +51,7 @@ def test_every_method_gets_the_same_cases():
 
 @pytest.fixture(scope="module")
 def grf_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluate")
-    channels, split, attrs = generate_grf(24, 6, 16, 32, channels=1, nu=1.5, length_scale=4.0, seed=2)
-    write_dataset(root / "grf.nc", channels, split, attrs)
-    config = from_dict({
-        "data": {"path": str(root / "grf.nc"), "variables": ["field"], "height": 16, "width": 32},
-        "model": {"channels": [8, 16], "norm_groups": 4, "attention_heads": 2},
-        "diffusion": {"timesteps": 50},
-        "train": {"epochs": 1, "batch_size": 8, "ema_warmup_steps": 5, "eval_train_samples": 8},
-    })
-    train(config, root / "run", progress=False)
-    return root
+    return train_tiny_grf_run(tmp_path_factory.mktemp("evaluate"))
 
 
 def test_evaluate_end_to_end_writes_every_file(grf_run, tmp_path, capsys):

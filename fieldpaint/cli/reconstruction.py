@@ -17,6 +17,16 @@ def _sampler_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def mean_step_choice(text: str) -> str | int:
+    """argparse type of evaluate's --mean-step: auto, members or a sampling step (>= 1)."""
+    if text in ("auto", "members"):
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give auto, members or a sampling step (1, 2, ...)") from None
+
+
 def sigma_y_value(text: str):
     """argparse type of --sigma-y: `0.3` or `sst=0.3,...` in the data's units (parse_sigma_y)."""
     from fieldpaint.diffusion.reconstructor import parse_sigma_y
@@ -67,6 +77,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     sigma_y = normalised_sigma_y(args) if diffusion else None
     if sigma_y is not None:
         options["sigma_y"] = sigma_y
+    if args.mean_step is not None:
+        options["mean_step"] = args.mean_step
     attrs = inpaint_file(args.checkpoint, args.input, args.out, method=args.method,
                          variables=names(args.variables) if args.variables else None,
                          mask_variable=args.mask_variable, valid_variable=args.valid_variable,
@@ -106,7 +118,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                  data_path=args.data, variables=names(args.variables) if args.variables else None,
                                  split=args.split, n=args.n, samples=args.samples, seed=args.seed,
                                  sampler=_sampler_options(args), gp={"nu": args.gp_nu}, reference=args.reference,
-                                 validation_fields=args.validation_fields, resume=args.resume,
+                                 validation_fields=args.validation_fields, mean_step=args.mean_step,
+                                 resume=args.resume,
                                  progress=not args.no_progress, header=header)
     print(f"report: {report}")
     return 0
@@ -163,6 +176,10 @@ def add_inpaint_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma-y-variable", default=None,
                    help="per-pixel observation noise std from the input file, in the data's units: a variable for "
                         "every channel (err) or per channel (u=u_err,v=v_err)")
+    p.add_argument("--mean-step", type=positive_int, default=None,
+                   help="conditional methods: take the mean from the members' average of the denoised fields at "
+                        "this sampling step (1 = the noisiest; see `fieldpaint evaluate --mean-step auto` for the "
+                        "step validated per mask and coverage). Default: the members' average")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-progress", action="store_true")
@@ -190,7 +207,11 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", default="auto", help="auto: per mask family and coverage, the kriging variant "
                    "with the lowest error on validation cases from the train split; or a method name")
     p.add_argument("--validation-fields", type=positive_int, default=16,
-                   help="training fields held out to choose the reference (auto)")
+                   help="training fields held out to choose the reference and the mean step (auto)")
+    p.add_argument("--mean-step", type=mean_step_choice, default="auto",
+                   help="conditional methods' mean: auto (per mask family and coverage, the sampling step whose "
+                        "denoised fields, averaged over the members, have the lowest error on the validation cases; "
+                        "the last step is the members' average), members, or one sampling step")
     p.add_argument("--masks", default="random,tracks,stations,boxes", help="mask families")
     p.add_argument("--coverages", default="0.5,0.8,0.9,0.92,0.95,0.98,0.99", help="hidden fractions, each in [0, 1)")
     p.add_argument("--split", choices=["test", "train"], default="test",

@@ -27,6 +27,13 @@ sigma_y is in normalised units: one float, a per-channel sequence, or a per-pixe
 (C|1, H, W) or (B|1, C|1, H, W). `parse_sigma_y`, `sigma_y_in_normalised_units` and
 `sigma_y_field_in_normalised_units` turn the data's units (what a user knows) into these.
 
+The mean: by default the members' average. With `mean_step = k` (conditional methods) it is the
+members' average of the denoiser's x̂_0 at sampling step k of S (1 = the noisiest): x̂_0(x_t, y)
+estimates E[x_0 | x_t, y], so its average over the members' x_t estimates E[x_0 | y] with part of
+the K-member Monte-Carlo error integrated out (a Rao-Blackwellised mean), through a network that is
+less accurate at high noise. Step S is the members' average itself. The evaluation chooses k per
+mask family and coverage on training fields (fieldpaint.mean_step); `step_means` gives every step's.
+
 Members: member k of case b is drawn with its own generator, seeded from (seed, b, k), so the
 result does not depend on `batch_size`. Never-valid pixels are held at x0 = 0 in every sampler,
 as in training, and never scored. Values of `obs` at hidden pixels are ignored (NaN allowed).
@@ -234,7 +241,7 @@ class DiffusionReconstructor:
     def __init__(self, model: nn.Module, config: Config, *, method: Method, steps: int | None = None,
                  jump_length: int = 10, jump_n_sample: int = 10, eta: float | None = None,
                  sigma_y: SigmaYOption = 0.0,
-                 cg_iterations: int = DEFAULT_CG_ITERATIONS, batch_size: int = 16,
+                 cg_iterations: int = DEFAULT_CG_ITERATIONS, batch_size: int = 16, mean_step: int | None = None,
                  device: str | torch.device = "cpu", progress: bool = False) -> None:
         check_fits(method, config.model.conditioning)
         steps = DEFAULT_STEPS[method] if steps is None else steps
@@ -247,6 +254,7 @@ class DiffusionReconstructor:
                 raise FieldpaintError(f"{name} must be an integer >= {low}, got {value!r}")
         if steps > T:
             raise FieldpaintError(f"steps must be at most the model's {T} training timesteps, got {steps}")
+        check_mean_step(mean_step, method, steps)
         if not 0.0 <= eta <= 1.0:
             raise FieldpaintError(f"eta must be in [0, 1], got {eta}")
         self.noise = _sigma_y_option(sigma_y, len(config.data.variables))  # float or CPU tensor
@@ -267,6 +275,7 @@ class DiffusionReconstructor:
         self.config, self.method, self.steps, self.eta, self.sigma_y = config, method, steps, eta, sigma_y
         self.jump_length, self.jump_n_sample = jump_length, jump_n_sample
         self.batch_size, self.progress = batch_size, progress
+        self.mean_step = None if mean_step == steps else mean_step  # step S is the members' average
         self.schedule = make_schedule(config.diffusion.schedule, T)
         self.name = f"diffusion-{method}"
 
@@ -280,14 +289,29 @@ class DiffusionReconstructor:
         other.sigma_y, other.noise = sigma_y, noise
         return other
 
+    def with_mean_step(self, mean_step: int | None) -> "DiffusionReconstructor":
+        """The same model and sampler, its mean taken from sampling step `mean_step` (None: the members)."""
+        check_mean_step(mean_step, self.method, self.steps)
+        other = copy.copy(self)
+        other.mean_step = None if mean_step == self.steps else mean_step
+        return other
+
     def _sample(self, obs: torch.Tensor, mask: torch.Tensor, fixed: torch.Tensor, generators: list[torch.Generator],
-                sigma_y: float | torch.Tensor = 0.0) -> tuple[torch.Tensor, int]:
+                sigma_y: float | torch.Tensor = 0.0,
+                keep: tuple[int, ...] = ()) -> tuple[torch.Tensor, int, torch.Tensor | None]:
         """One batch of members: obs (N, C, H, W) with 0 at hidden pixels, mask (N, 1|C, H, W),
         fixed (N, 1, H, W): never-valid pixels, held at x0 = 0 as in training; sigma_y a float or
-        broadcastable to (N, C, H, W)."""
+        broadcastable to (N, C, H, W). Returns (x_0, NFE, the denoiser's x̂_0 at the sampling steps
+        `keep` as (len(keep), N, C, H, W) on the CPU, or None when keep is empty)."""
         conditional = self.method in CONDITIONAL
         cond = conditioning_input(obs, mask) if conditional else None
-        denoiser = model_denoiser(self.model, self.schedule, self.config.diffusion.prediction, cond)
+        network = model_denoiser(self.model, self.schedule, self.config.diffusion.prediction, cond)
+        denoiser = KeptSteps(network, keep) if keep else network
+        x, nfe = self._run_sampler(denoiser, obs, mask, fixed, generators, sigma_y)
+        return x, nfe, denoiser.stacked() if keep else None
+
+    def _run_sampler(self, denoiser, obs: torch.Tensor, mask: torch.Tensor, fixed: torch.Tensor,
+                     generators: list[torch.Generator], sigma_y: float | torch.Tensor) -> tuple[torch.Tensor, int]:
         common = dict(generator=generators, steps=self.steps, sigma_y=sigma_y, fixed=fixed)
         if self.method == "repaint":
             return repaint(denoiser, obs, mask, self.schedule, jump_length=self.jump_length,
@@ -341,7 +365,24 @@ class DiffusionReconstructor:
 
     def reconstruct(self, obs: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, *, samples: int = 1,
                     seed: int = 0) -> Reconstruction:
-        """K = `samples` members per case: mean, std (0 where observed exactly) and members (B, K, C, H, W)."""
+        """K = `samples` members per case: mean, std (0 where observed exactly) and members (B, K, C, H, W);
+        the mean from sampling step `mean_step` when it is set."""
+        keep = () if self.mean_step is None else (self.mean_step,)
+        rec, means = self._reconstruct(obs, mask, valid, samples, seed, keep)
+        if means is not None:
+            rec.mean, rec.mean_step = means[0].to(rec.mean.device), self.mean_step
+        return rec
+
+    def step_means(self, obs: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, *, samples: int = 1,
+                   seed: int = 0) -> tuple[Reconstruction, torch.Tensor]:
+        """`reconstruct` (its mean the members') and, for every sampling step s = 1..S (the noisiest
+        first), the members' average of the denoiser's x̂_0 at s: (S, B, C, H, W), observed values
+        kept exact, 0 at never-valid pixels. Entry S - 1 is the members' average. Conditional methods."""
+        check_mean_step(1, self.method, self.steps)
+        return self._reconstruct(obs, mask, valid, samples, seed, tuple(range(1, self.steps + 1)))
+
+    def _reconstruct(self, obs: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, samples: int, seed: int,
+                     keep: tuple[int, ...]) -> tuple[Reconstruction, torch.Tensor | None]:
         if samples < 1 or seed < 0:
             raise FieldpaintError(f"samples must be >= 1 and seed >= 0, got samples={samples}, seed={seed}")
         started = time.perf_counter()
@@ -350,16 +391,19 @@ class DiffusionReconstructor:
         noise = self._noise_for(obs, observed)
         B = obs.shape[0]
         members = torch.empty((B, samples, *obs.shape[1:]), dtype=obs.dtype)  # (B, K, C, H, W), on the CPU
+        kept_sums = torch.zeros((len(keep), *obs.shape), dtype=torch.float64) if keep else None  # (S', B, C, H, W)
         pairs = [(b, k) for b in range(B) for k in range(samples)]
         nfe = 0
         for start in range(0, len(pairs), self.batch_size):
             chunk = pairs[start:start + self.batch_size]
             cases = torch.tensor([b for b, _ in chunk], device=self.device)
-            x, nfe = self._sample(obs[cases], observed[cases], fixed[cases],
-                                  [member_generator(seed, b, k) for b, k in chunk],
-                                  noise[cases] if isinstance(noise, torch.Tensor) else noise)
+            x, nfe, kept = self._sample(obs[cases], observed[cases], fixed[cases],
+                                        [member_generator(seed, b, k) for b, k in chunk],
+                                        noise[cases] if isinstance(noise, torch.Tensor) else noise, keep)
             for row, (b, k) in enumerate(chunk):
                 members[b, k] = x[row].cpu()
+                if kept is not None:
+                    kept_sums[:, b] += kept[:, row]
             if self.progress:
                 print(f"{self.name}: {start + len(chunk)}/{len(pairs)} members, "
                       f"{time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
@@ -370,5 +414,40 @@ class DiffusionReconstructor:
                 exact = exact & (noise.cpu() == 0)
             mean = torch.where(exact, obs.cpu(), mean)  # the samplers return obs exactly; the mean's rounding does not
             std = torch.where(exact, torch.zeros_like(std), std)
-        return Reconstruction(mean=mean.to(out_device), std=std.to(out_device), members=members.to(out_device),
-                              nfe=nfe, seconds=time.perf_counter() - started)
+        means = None
+        if kept_sums is not None:  # conditional methods: σ_y = 0, observed values exact
+            exact = (observed.cpu() > 0.5).expand_as(mean)
+            means = (kept_sums / samples).to(mean.dtype)
+            means = torch.where(exact, obs.cpu(), means).masked_fill(fixed.cpu().expand_as(mean), 0.0)
+        rec = Reconstruction(mean=mean.to(out_device), std=std.to(out_device), members=members.to(out_device),
+                             nfe=nfe, seconds=time.perf_counter() - started)
+        return rec, means
+
+
+def check_mean_step(mean_step: int | None, method: str, steps: int) -> None:
+    """A mean step is a sampling step 1..steps of a conditional method (whose samplers call the
+    network once per step, so call s is step s)."""
+    if mean_step is None:
+        return
+    if method not in CONDITIONAL:
+        raise FieldpaintError(f"mean_step applies to the conditional methods ({', '.join(CONDITIONAL)}), "
+                              f"not {method}")
+    if isinstance(mean_step, bool) or not isinstance(mean_step, int) or not 1 <= mean_step <= steps:
+        raise FieldpaintError(f"mean_step must be a sampling step from 1 to {steps} (the steps), got {mean_step!r}")
+
+
+class KeptSteps:
+    """A denoiser that keeps its outputs at the given calls (1 = the first), on the CPU."""
+
+    def __init__(self, denoiser, keep: tuple[int, ...]) -> None:
+        self.denoiser, self.keep, self.kept, self.calls = denoiser, keep, {}, 0
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x0 = self.denoiser(x_t, t)
+        self.calls += 1
+        if self.calls in self.keep:
+            self.kept[self.calls] = x0.detach().to("cpu", torch.float64)
+        return x0
+
+    def stacked(self) -> torch.Tensor:
+        return torch.stack([self.kept[s] for s in self.keep])

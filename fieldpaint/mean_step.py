@@ -1,0 +1,66 @@
+"""Which sampling step a conditional model's mean is taken from: chosen per group on training fields.
+
+The average of K posterior samples carries their Monte-Carlo error (a variance of σ²/K per pixel on
+top of the posterior's σ²). The denoiser's x̂_0 at an intermediate step estimates E[x_0 | x_t, y];
+averaged over the members' x_t it estimates E[x_0 | y] with part of that error integrated out (a
+Rao-Blackwellised mean), but through a network that is less accurate at high noise. Which step
+balances the two depends on the model, the mask family, the coverage and K, so, like the reference
+kriging (fieldpaint.reference), it is chosen per (mask family, coverage): the step with the lowest
+geometric-mean MSE on validation cases drawn from the train split, with the same masks and member
+count as the test. Test scores never take part. Step S, the last, is the members' own average, so the
+choice can only fall back to it, never below it on the validation cases.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fieldpaint.data.fields import FieldSplit
+from fieldpaint.evaluate import draw_case_masks
+from fieldpaint.metrics import mse, scored_pixels
+from fieldpaint.reference import VALIDATION_SEED, geometric_mean
+
+
+def step_errors(method, fields: FieldSplit, masks, samples: int, seed: int) -> np.ndarray:
+    """(S, n): the MSE of every sampling step's mean (`DiffusionReconstructor.step_means`) on each
+    case's hidden valid pixels; NaN for a case with none."""
+    _, means = method.step_means(fields.x * masks, masks, fields.valid, samples=samples, seed=seed)
+    means, truth = means.double().numpy(), fields.x.double().numpy()
+    errors = np.full(means.shape[:2], np.nan)
+    for i in range(len(fields)):
+        scored = scored_pixels(masks[i].numpy(), fields.valid[i].numpy())
+        if scored.any():
+            errors[:, i] = [mse(step[i], truth[i], scored) for step in means]
+    return errors
+
+
+def best_step(errors: np.ndarray) -> tuple[int, list[float]]:
+    """(the 1-based step with the lowest geometric-mean MSE over cases, every step's), from (S, n)
+    errors; a tie goes to the later step (the last is the members' average). A case with nothing to
+    score (NaN at every step) is left out; a non-finite error elsewhere rules its step out."""
+    scoreable = ~np.isnan(errors).all(axis=0)
+    scores = [geometric_mean(e[scoreable]) for e in errors]
+    best = min(range(len(scores)), key=lambda s: (scores[s], -s))
+    return best + 1, scores
+
+
+def choose_mean_steps(methods: dict[str, tuple[object, int]], validation: FieldSplit, families: list[str],
+                      coverages: list[float], *, seed: int = 0) -> dict[tuple[str, float], dict[str, dict]]:
+    """For each (family, coverage) and each method label: the chosen step and every step's
+    validation geometric-mean MSE.
+
+    methods: label -> (a conditional DiffusionReconstructor on the validation fields' grid, its members).
+    Returns {(family, coverage): {label: {"chosen": step, "steps": S, "validation_gmean_mse": [...],
+    "fields": n}}}; chosen == S means the members' average.
+    """
+    choices: dict[tuple[str, float], dict[str, dict]] = {}
+    for family in families:
+        for coverage in coverages:
+            masks = draw_case_masks(validation, family, coverage, seed + VALIDATION_SEED)
+            group = {}
+            for label, (method, samples) in methods.items():
+                chosen, scores = best_step(step_errors(method, validation, masks, samples, seed + VALIDATION_SEED))
+                group[label] = {"chosen": chosen, "steps": len(scores), "validation_gmean_mse": scores,
+                                "fields": len(validation)}
+            choices[(family, coverage)] = group
+    return choices

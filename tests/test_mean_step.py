@@ -1,0 +1,257 @@
+"""The Rao-Blackwellised mean of a conditional model (fieldpaint.mean_step): the denoiser's x̂_0 at
+one sampling step, averaged over the members, and the step chosen per group on training fields."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import train_tiny_grf_run
+from fieldpaint.cli import main
+from fieldpaint.config import from_dict
+from fieldpaint.data.fields import FieldSplit, FieldStats
+from fieldpaint.diffusion.reconstructor import DiffusionReconstructor, KeptSteps
+from fieldpaint.diffusion.samplers import dpm_solver_2m
+from fieldpaint.diffusion.schedule import make_schedule
+from fieldpaint.errors import FieldpaintError
+from fieldpaint.evaluate import draw_case_masks, evaluate_and_report, score
+from fieldpaint.mean_step import best_step, choose_mean_steps
+from fieldpaint.metrics import spread_skill
+from fieldpaint.models.gaussian import GaussianDenoiser, conditional_denoiser
+from fieldpaint.models.registry import build_model
+from fieldpaint.reconstruct import FixedMembers, innermost, member_count, with_mean_step
+from fieldpaint.reference import VALIDATION_SEED
+
+SCHEDULE = make_schedule("cosine", 1000)
+H, W = 8, 16
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_the_noisiest_step_averages_to_the_exact_posterior_mean_on_the_gaussian_oracle():
+    """With the exact E[x_0 | x_t, y] of a Gaussian prior, x̂_0 at level t is linear in x_t with gain
+    √ᾱ_t Σ_post(ᾱ_t Σ_post + (1-ᾱ_t) I)⁻¹, so over the members' x_t its variance is about
+    ᾱ_t σ_post⁴: at the first DPM-Solver++ level (t = T-1 of the cosine schedule, ᾱ = 2.4e-9) its
+    K-member average is the posterior mean μ to within 1e-6 σ_post² in squared error, while the
+    members' own average carries the Monte-Carlo error σ_post² / K in expectation. Measured (fixed
+    seeds): step 1 3.7e-11, step 5 2.1e-5, the members' average 0.095 against 1/K = 0.125; its
+    band [0.4, 2.0] / K is wide because the 64 hidden pixels' errors are correlated (a chi-square
+    mean of fewer effective degrees of freedom)."""
+    prior = GaussianDenoiser.matern(H, W, nu=1.5, length_scale=3.0, schedule=SCHEDULE, prediction="v")
+    truth = prior.sample(1, 1, gen(3))
+    mask = torch.zeros(H * W, dtype=torch.float64)
+    mask[torch.randperm(H * W, generator=gen(4))[:H * W // 2]] = 1.0
+    mask = mask.reshape(1, 1, H, W)
+    K = 8
+    obs, m = truth.expand(K, -1, -1, -1), mask.expand(K, -1, -1, -1)
+    kept = KeptSteps(conditional_denoiser(prior, obs, m, SCHEDULE), (1, 5, 10))
+    x, nfe = dpm_solver_2m(kept, obs.shape, SCHEDULE, generator=[gen(10 + k) for k in range(K)], steps=10,
+                           obs=obs, mask=m, dtype=torch.float64)
+    assert nfe == 10 and kept.calls == 10
+    mu, sd = prior.posterior(truth, mask)
+    hidden = mask[0, 0] < 0.5
+    var = sd[0, 0][hidden].pow(2).mean().item()
+
+    def error(field):  # squared error of a (1, H, W) mean against μ on hidden pixels, in units of σ_post²
+        return (field[0][hidden] - mu[0, 0][hidden]).pow(2).mean().item() / var
+
+    steps = kept.stacked().mean(dim=1)  # (3, 1, H, W): the members' averages at steps 1, 5, 10
+    print(f"squared error / σ_post²: step 1 {error(steps[0]):.2e}, step 5 {error(steps[1]):.2e}, "
+          f"members' average {error(x.mean(dim=0)):.3f} (1/K = {1 / K:.3f})")
+    assert error(steps[0]) < 1e-6
+    members = error(x.mean(dim=0))
+    assert 0.4 / K < members < 2.0 / K
+    torch.testing.assert_close(steps[2], x.mean(dim=0), rtol=0, atol=1e-12)  # the last step is the sample
+    assert error(steps[0]) < error(steps[1]) < members
+
+
+def tiny_conditional(steps=4):
+    config = from_dict({"data": {"variables": ["u"], "height": 16, "width": 16},
+                        "model": {"channels": [8, 16], "norm_groups": 8, "attention_levels": [],
+                                  "num_res_blocks": 1, "time_embed_mult": 2, "film_channels": 8,
+                                  "conditioning": "concat"},
+                        "diffusion": {"timesteps": 100, "prediction": "v"}})
+    torch.manual_seed(0)
+    return DiffusionReconstructor(build_model(config), config, method="conditional-dpm", steps=steps)
+
+
+def tiny_case(n=2):
+    x = torch.randn((n, 1, 16, 16), generator=gen(1))
+    mask = (torch.rand((n, 1, 16, 16), generator=gen(2)) < 0.2).float()
+    valid = torch.ones((n, 1, 16, 16))
+    valid[:, :, :3, :3] = 0.0  # a never-valid corner
+    return x * mask, mask, valid
+
+
+def test_step_means_hold_the_members_average_last_and_reconstruct_returns_the_chosen_one():
+    """Invariants of one code path against another: entry S of step_means is the members' average
+    (reconstruct's mean); with mean_step = k, reconstruct's mean is entry k and its members are the
+    same draws; every mean keeps the observations exact and 0 where never valid."""
+    method = tiny_conditional(steps=4)
+    obs, mask, valid = tiny_case()
+    plain, means = method.step_means(obs, mask, valid, samples=3, seed=5)
+    assert means.shape == (4, 2, 1, 16, 16) and plain.mean_step is None
+    torch.testing.assert_close(means[-1], plain.mean, rtol=0, atol=1e-6)
+    observed = ((mask > 0.5) & (valid > 0.5))
+    for k in (1, 2):
+        rec = method.with_mean_step(k).reconstruct(obs, mask, valid, samples=3, seed=5)
+        assert rec.mean_step == k
+        torch.testing.assert_close(rec.mean, means[k - 1], rtol=0, atol=0)
+        torch.testing.assert_close(rec.members, plain.members, rtol=0, atol=0)
+        torch.testing.assert_close(rec.std, plain.std, rtol=0, atol=0)
+        assert torch.equal(rec.mean[observed], obs[observed])
+        assert (rec.mean[(valid < 0.5).expand_as(rec.mean)] == 0).all()
+    assert not torch.equal(means[0], means[-1])  # an untrained model's early x̂_0 is not its samples
+    assert method.with_mean_step(4).mean_step is None  # the last step is the members' average
+
+
+def test_a_mean_step_is_a_step_of_a_conditional_method():
+    method = tiny_conditional(steps=4)
+    for bad in (0, 5, 1.5, True):
+        with pytest.raises(FieldpaintError, match="sampling step from 1 to 4"):
+            method.with_mean_step(bad)
+    unconditional = from_dict({"data": {"variables": ["u"], "height": 16, "width": 16},
+                               "model": {"channels": [8, 16], "norm_groups": 8, "attention_levels": [],
+                                         "num_res_blocks": 1, "time_embed_mult": 2},
+                               "diffusion": {"timesteps": 100}})
+    with pytest.raises(FieldpaintError, match="conditional methods"):
+        DiffusionReconstructor(build_model(unconditional), unconditional, method="ddnm", steps=4, mean_step=2)
+
+
+def test_wrappers_pass_the_mean_step_through_and_are_copied():
+    from fieldpaint.api import on_model_grid
+
+    method = tiny_conditional(steps=4)
+    wrapped = FixedMembers(on_model_grid(method, method.config), 3)
+    changed = with_mean_step(wrapped, 2)
+    assert innermost(changed).mean_step == 2 and innermost(wrapped).mean_step is None
+    assert member_count(changed, 9) == 3 and member_count(method, 9) == 9
+    obs, mask, valid = tiny_case()
+    small = [a[..., :12, :12] for a in (obs, mask, valid)]  # padded to the model's 16 x 16 and cropped back
+    rec = changed.reconstruct(*small, samples=1, seed=0)
+    assert rec.mean_step == 2 and rec.mean.shape == (2, 1, 12, 12) and rec.members.shape[1] == 3
+
+
+def test_best_step_takes_the_lowest_geometric_mean_and_ties_go_to_the_later_step():
+    errors = np.array([[4.0, 1.0], [1.0, 1.0], [2.0, 2.0]])  # geometric means 2, 1, 2
+    assert best_step(errors)[0] == 2
+    assert best_step(errors)[1] == pytest.approx([2.0, 1.0, 2.0])
+    assert best_step(np.array([[1.0, 1.0], [1.0, 1.0]]))[0] == 2  # a tie: the members' average
+    assert best_step(np.array([[np.inf, 1.0], [2.0, 2.0]]))[0] == 2  # a failed case rules its step out
+
+
+class PlantedSteps:
+    """A stand-in with step_means: step s's mean is truth + offsets[s] at every pixel, so its MSE on
+    any case is offsets[s]²; it records the masks it was given."""
+
+    method, steps = "conditional-dpm", 3
+
+    def __init__(self, offsets):
+        self.offsets, self.masks = offsets, []
+
+    def step_means(self, obs, mask, valid, *, samples, seed):
+        self.masks.append(mask.clone())
+        truth = VALIDATION.x
+        return None, torch.stack([truth + o for o in self.offsets])
+
+
+VALIDATION = FieldSplit(torch.randn((3, 1, 16, 16), generator=gen(7)), torch.ones((3, 1, 16, 16)),
+                        torch.arange(3))
+
+
+def test_the_chooser_scores_every_step_on_the_reference_validation_masks():
+    planted = PlantedSteps([0.5, 0.1, 0.3])
+    choices = choose_mean_steps({"m": (planted, 4)}, VALIDATION, ["random"], [0.9], seed=2)
+    choice = choices[("random", 0.9)]["m"]
+    assert choice["chosen"] == 2 and choice["steps"] == 3 and choice["fields"] == 3
+    assert choice["validation_gmean_mse"] == pytest.approx([0.25, 0.01, 0.09])
+    expected = draw_case_masks(VALIDATION, "random", 0.9, 2 + VALIDATION_SEED)  # the reference chooser's masks
+    assert torch.equal(planted.masks[0], expected)
+
+
+def test_spread_skill_drops_the_member_correction_for_a_step_mean():
+    """score's spread/skill of a K-member ensemble carries the factor √((K+1)/K) (Fortin et al. 2014)
+    only when the mean is the members' average."""
+    rng = np.random.default_rng(0)
+    truth, mean, std = rng.normal(size=(3, 1, 8, 8))
+    members = rng.normal(size=(4, 1, 8, 8))
+    mask, valid = np.zeros((1, 8, 8)), np.ones((1, 8, 8))
+    stats = FieldStats(("a",), (0.0,), (1.0,))
+    std = np.abs(std)
+    averaged = score(truth, mean, std, members, mask, valid, stats)["spread_skill"]
+    step = score(truth, mean, std, members, mask, valid, stats, mean_of_members=False)["spread_skill"]
+    assert averaged == pytest.approx(step * np.sqrt(5 / 4))
+    assert step == pytest.approx(spread_skill(mean, std, truth, mask[0] < 1))
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    return train_tiny_grf_run(tmp_path_factory.mktemp("mean_step"), "concat", n_test=4, seed=3)
+
+
+def test_evaluate_chooses_a_step_per_group_and_scores_the_test_with_it(conditional_run, tmp_path):
+    from fieldpaint.runs import load_run
+
+    run = load_run(conditional_run / "run")
+    out = evaluate_and_report(tmp_path / "auto", runs=[run], methods=["conditional-dpm"], families=["random"],
+                              coverages=[0.5, 0.9], n=2, samples=2, sampler={"steps": 3}, reference="linear",
+                              validation_fields=4, progress=False)
+    choices = json.loads((out.parent / "mean_step.json").read_text())
+    assert len(choices) == 2
+    cases = pd.read_csv(out.parent / "cases.csv")
+    for c in choices:
+        scores = c["validation_gmean_mse"]
+        assert len(scores) == 3 and c["chosen"] == min(range(1, 4), key=lambda s: (scores[s - 1], -s))
+        rows = cases[(cases["method"] == "conditional-dpm") & (cases["coverage"] == c["coverage"])]
+        recorded = rows["mean_step"].fillna(3).astype(int)  # empty: the members' average, step 3
+        assert (recorded == c["chosen"]).all()
+    assert "## Where the conditional models' means come from" in out.read_text()
+
+    fixed = evaluate_and_report(tmp_path / "fixed", runs=[run], methods=["conditional-dpm"], families=["random"],
+                                coverages=[0.9], n=2, samples=2, sampler={"steps": 3}, reference="linear",
+                                validation_fields=4, mean_step=1, progress=False)
+    rows = pd.read_csv(fixed.parent / "cases.csv")
+    assert (rows.loc[rows["method"] == "conditional-dpm", "mean_step"] == 1).all()
+    members = evaluate_and_report(tmp_path / "members", runs=[run], methods=["conditional-dpm"], families=["random"],
+                                  coverages=[0.9], n=2, samples=2, sampler={"steps": 3}, reference="linear",
+                                  validation_fields=4, mean_step="members", progress=False)
+    assert not (members.parent / "mean_step.json").exists()
+    assert pd.read_csv(members.parent / "cases.csv")["mean_step"].isna().all()
+
+
+def test_cli_mean_step_errors_are_one_line(conditional_run, tmp_path, capsys):
+    base = ["evaluate", "--run", str(conditional_run / "run"), "--methods", "conditional-dpm", "--n", "2",
+            "--masks", "random", "--coverages", "0.9", "--steps", "3", "--reference", "linear",
+            "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--mean-step", "soon"]) == 2
+    assert "auto, members or a sampling step" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "b"), "--mean-step", "7"]) == 2
+    assert "sampling step from 1 to 3" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "cases.csv").exists()
+
+
+def test_inpaint_records_the_mean_step(conditional_run, tmp_path, capsys):
+    import xarray as xr
+
+    with xr.open_dataset(conditional_run / "grf.nc") as ds:
+        obs = ds.isel(sample=slice(0, 2)).load()
+    hidden = np.random.default_rng(0).random(obs["field"].shape) < 0.8
+    obs["field"] = obs["field"].where(~hidden)
+    obs.to_netcdf(tmp_path / "obs.nc")
+    args = ["inpaint", "--checkpoint", str(conditional_run / "run"), "--input", str(tmp_path / "obs.nc"),
+            "--method", "conditional-dpm", "--steps", "3", "--samples", "2", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "a.nc"), "--mean-step", "1"]) == 0
+    assert main(args + ["--out", str(tmp_path / "b.nc")]) == 0
+    with xr.open_dataset(tmp_path / "a.nc") as a, xr.open_dataset(tmp_path / "b.nc") as b:
+        assert a.attrs["mean_step"] == 1 and "mean_step" not in b.attrs
+        np.testing.assert_allclose(a["field_members"], b["field_members"], rtol=0, atol=0)
+        np.testing.assert_allclose(b["field"], b["field_members"].mean("realization"), rtol=1e-5, atol=1e-5)
+        assert not np.allclose(a["field"], b["field"])
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "c.nc"), "--mean-step", "4"]) == 2
+    assert "sampling step from 1 to 3" in capsys.readouterr().err
+    assert not (tmp_path / "c.nc").exists()
