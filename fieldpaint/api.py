@@ -163,7 +163,9 @@ def reconstructor(run: str | os.PathLike | None = None, *, method: str | None = 
                   tile_overlap: int | None = None, **sampler_options) -> FieldReconstructor:
     """A reconstructor from a run folder or checkpoint (diffusion methods; baselines may use its
     statistics and training data), or from a baseline's name alone (`method="gp"`). Diffusion
-    methods take any grid (`OnModelGrid`); `tile_overlap` sets the tiles' overlap in pixels."""
+    methods take any grid (`OnModelGrid`); `tile_overlap` sets the tiles' overlap in pixels.
+    `sampler_options` are DiffusionReconstructor's (steps, eta, mean_step, precision, ...); precision
+    is "auto" unless given, as on the command line."""
     from fieldpaint.reconstruct import check_method
 
     loaded = None
@@ -175,8 +177,10 @@ def reconstructor(run: str | os.PathLike | None = None, *, method: str | None = 
         if loaded is None:
             raise FieldpaintError("name a run, or a method (e.g. method='gp')")
         method = default_method(loaded)
-    if check_method(method).needs != "data" and loaded is None:
-        raise FieldpaintError(f"method {method!r} needs a trained run (a run folder or checkpoint)")
+    if check_method(method).needs != "data":
+        if loaded is None:
+            raise FieldpaintError(f"method {method!r} needs a trained run (a run folder or checkpoint)")
+        sampler_options.setdefault("precision", "auto")  # as `fieldpaint inpaint --precision` by default
     return FieldReconstructor(method, loaded, train_data, gp, sampler_options, tile_overlap)
 
 

@@ -63,10 +63,10 @@ FAMILIES = ("random", "tracks")
 
 
 def make_plan(minutes: float, device: torch.device, quick: bool = False) -> DemoPlan:
-    """CPU: 32x64 fields; the conditional model (3.8 M parameters, [32, 64, 128]) gets 45 % of the
+    """CPU: 32x64 fields; the conditional model (3.8 M parameters, [32, 64, 128]) gets 47 % of the
     budget, the unconditional one (1 M, [16, 32, 64]) 9 %; data ~1 min and evaluation (~5 min:
-    10 members of the conditional model on the test and the validation fields, 3 of MMPS) the rest
-    at 15 minutes. More minutes buy more data (up to 4x), training and test fields (up to 96).
+    10 members of the conditional model on the test and the validation fields, 3 of MMPS, both
+    sampled with --precision auto) the rest at 15 minutes. More minutes buy more data (up to 4x), training and test fields (up to 96).
     CUDA: the notes' 64x128 slim models.
 
     The conditional model draws 10 members of 10 DPM-Solver++ steps and its mean comes from the
@@ -86,7 +86,7 @@ def make_plan(minutes: float, device: torch.device, quick: bool = False) -> Demo
                         ModelPlan("standard_attn_slim", (32, 64, 128, 128), 32, minutes * 0.3, "mmps", 50, 8, 10),
                         min(200, round(50 * scale)), COVERAGES, FAMILIES)
     return DemoPlan(32, 64, round(1600 * min(scale, 4.0)), 160, 32, 1000,
-                    ModelPlan("palette_slim", (32, 64, 128), 8, minutes * 0.45, "conditional-dpm", 10, 10),
+                    ModelPlan("palette_slim", (32, 64, 128), 8, minutes * 0.47, "conditional-dpm", 10, 10),
                     ModelPlan("standard_attn_slim", (16, 32, 64), 8, minutes * 0.09, "mmps", 20, 3, 3),
                     min(96, round(24 * math.sqrt(scale))), COVERAGES, FAMILIES)
 
@@ -222,7 +222,7 @@ def run_demo(out: Path, *, minutes: float = 15.0, device_name: str = "auto", qui
     report = evaluate_and_report(
         out, runs=trained, methods=["gp", "gp-dataset", "linear", *(m.method for m in shown)],
         families=list(plan.families), coverages=list(plan.coverages), n=plan.eval_fields,
-        samples=max(m.samples for m in shown), seed=0, sampler={"device": str(device), "batch_size": 32},
+        samples=max(m.samples for m in shown), seed=0, sampler={"device": str(device), "batch_size": 32, "precision": "auto"},
         gp={"max_points": 500},
         per_method={m.method: {"steps": m.steps, "samples": m.samples,
                                **({"cg_iterations": m.cg_iterations} if m.cg_iterations else {})} for m in shown},

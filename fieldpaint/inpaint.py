@@ -155,6 +155,8 @@ def reconstruct_observations(method, obs: Observations, variables: list[str], st
     for key in ("steps", "eta", "cg_iterations"):
         if hasattr(method, key):
             attrs[key] = float(getattr(method, key)) if key == "eta" else int(getattr(method, key))
+    if getattr(method, "precision", None) is not None:
+        attrs["precision"] = method.precision.name  # the network's arithmetic while sampling
     if getattr(method, "mean_step", None) is not None:  # the mean is not the members' average
         attrs["mean_step"] = int(method.mean_step)
     if hasattr(method, "sigma_y"):

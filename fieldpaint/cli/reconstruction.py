@@ -13,7 +13,7 @@ from fieldpaint.reconstruct import METHOD_NAMES, METHODS
 def _sampler_options(args: argparse.Namespace) -> dict:
     options = {"steps": args.steps, "jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample,
                "eta": args.eta, "cg_iterations": args.cg_iterations, "batch_size": args.batch_size,
-               "device": args.device}
+               "precision": args.precision, "device": args.device}
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -143,6 +143,9 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cg-iterations", type=positive_int, default=None,
                    help="MMPS conjugate-gradient iterations per step (default 5)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="fields x members per network call")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="the network's arithmetic while sampling: auto is bf16 autocast + channels_last where the "
+                        "device computes bf16 natively (AVX512-BF16 or AMX CPUs, Ampere+ GPUs), fp32 elsewhere")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 

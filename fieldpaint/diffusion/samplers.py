@@ -86,7 +86,7 @@ class ModelDenoiser:
         self.calls = 0
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self.model(x_t, t, self.cond)  # ε̂ or v̂, (B, C, H, W)
+        out = self.model(x_t, t, self.cond).to(x_t.dtype)  # ε̂ or v̂, (B, C, H, W); x_t's dtype under autocast too
         self.calls += 1
         x0, _ = predict_x0_eps(out, x_t, t, self.schedule.alphas_cumprod, self.prediction)
         return x0 if self.clip is None else x0.clamp(-self.clip, self.clip)
