@@ -173,6 +173,8 @@ def evaluate(methods: dict[str, Reconstructor], fields: FieldSplit, stats: Field
         write_text_atomic(out / "mean_step.json", json.dumps(
             [{"mask": f, "coverage": c, "method": label, **choice} for (f, c), group in mean_steps.items()
              for label, choice in group.items()], indent=2, default=_json_default) + "\n", overwrite=True)
+    elif (out / "mean_step.json").exists():  # a resumed evaluation that now takes the members' average
+        (out / "mean_step.json").unlink()
     cases_path = out / "cases.csv"
     done = pd.read_csv(cases_path) if resume and cases_path.exists() else pd.DataFrame()
     finished = set() if done.empty else {(m, f, round(c, 6)) for m, f, c in
@@ -182,10 +184,12 @@ def evaluate(methods: dict[str, Reconstructor], fields: FieldSplit, stats: Field
     for family, coverage in bar:
         reference = (references or {}).get((family, coverage), {}).get("chosen")
         steps = (mean_steps or {}).get((family, coverage), {})
-        todo = {n: with_mean_step(m, steps[n]["chosen"]) if n in steps else m
-                for n, m in methods.items() if (n, family, round(coverage, 6)) not in finished}
+        def method(n: str) -> Reconstructor:
+            return with_mean_step(methods[n], steps[n]["chosen"]) if n in steps else methods[n]
+
+        todo = {n: method(n) for n in methods if (n, family, round(coverage, 6)) not in finished}
         if reference is not None and (REFERENCE, family, round(coverage, 6)) not in finished:
-            todo[reference] = methods[reference]  # the reference rows are written with the group
+            todo[reference] = method(reference)  # the reference rows are written with the group
         bar.set_postfix(mask=family, coverage=coverage)
         if not todo:
             continue
@@ -310,6 +314,7 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
     built = build_methods(methods, runs, baseline, sampler=sampler or {}, gp=gp or {}, seed=seed,
                           per_method=per_method,
                           candidates=REFERENCE_CANDIDATES if reference == "auto" else (reference,))
+    check_fixed_mean_step(built, mean_step)  # before the validation fits, which take minutes
     if reference == "auto":
         candidates = {k: built[k] for k in REFERENCE_CANDIDATES if k in built}
         choices = choose_references(candidates, validation, families, coverages, seed=seed)
@@ -328,6 +333,31 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
     return write_report(out, stats, [run.path for run in runs], dict(header or {}), reference=REFERENCE)
 
 
+def conditional_cores(methods: dict[str, Reconstructor]) -> dict[str, Reconstructor]:
+    """label -> the DiffusionReconstructor inside, for the conditional methods among `methods`."""
+    from fieldpaint.diffusion.reconstructor import CONDITIONAL
+    from fieldpaint.reconstruct import innermost
+
+    return {label: innermost(m) for label, m in methods.items()
+            if getattr(innermost(m), "method", None) in CONDITIONAL}
+
+
+def check_fixed_mean_step(methods: dict[str, Reconstructor], mean_step: str | int) -> None:
+    """A one-line error for a --mean-step that no evaluated method can take."""
+    from fieldpaint.diffusion.reconstructor import check_mean_step
+
+    if mean_step in ("auto", "members"):
+        return
+    if isinstance(mean_step, str):
+        raise FieldpaintError(f"mean step must be auto, members or a sampling step, got {mean_step!r}")
+    cores = conditional_cores(methods)
+    if not cores:
+        raise FieldpaintError(f"--mean-step {mean_step} applies to conditional methods (conditional, "
+                              "conditional-dpm), and none is evaluated")
+    for core in cores.values():
+        check_mean_step(mean_step, core.method, core.steps)
+
+
 def mean_steps_for(methods: dict[str, Reconstructor], mean_step: str | int, validation: FieldSplit,
                    families: list[str], coverages: list[float], *, samples: int,
                    seed: int) -> dict[tuple[str, float], dict[str, dict]]:
@@ -335,19 +365,14 @@ def mean_steps_for(methods: dict[str, Reconstructor], mean_step: str | int, vali
     `mean_steps`): chosen on the validation cases ('auto'), the members' average ('members', an
     empty choice) or one given step. A model whose grid is not the validation fields' keeps its
     members' average under 'auto'."""
-    from fieldpaint.diffusion.reconstructor import CONDITIONAL, check_mean_step
     from fieldpaint.mean_step import choose_mean_steps
-    from fieldpaint.reconstruct import innermost, member_count
+    from fieldpaint.reconstruct import member_count
 
-    conditional = {label: innermost(m) for label, m in methods.items()
-                   if getattr(innermost(m), "method", None) in CONDITIONAL}
+    check_fixed_mean_step(methods, mean_step)
+    conditional = conditional_cores(methods)
     if mean_step == "members" or not conditional:
         return {}
     if mean_step != "auto":
-        if isinstance(mean_step, str):
-            raise FieldpaintError(f"mean step must be auto, members or a sampling step, got {mean_step!r}")
-        for core in conditional.values():
-            check_mean_step(mean_step, core.method, core.steps)
         return {(f, c): {label: {"chosen": mean_step, "steps": core.steps} for label, core in conditional.items()}
                 for f in families for c in coverages}
     grid = tuple(validation.x.shape[-2:])

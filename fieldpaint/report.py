@@ -130,11 +130,14 @@ def mean_step_table(out: Path) -> list[str]:
     choices = json.loads(path.read_text())
     if not choices:
         return []
+    validated = all(c.get("validation_gmean_mse") for c in choices)
+    how = ("the sampling step whose denoised fields, averaged over the members, had the lowest geometric-mean "
+           "MSE on validation cases from the train split; test scores took no part" if validated else
+           "the sampling step given by --mean-step, averaged over the members")
     lines = ["## Where the conditional models' means come from", "",
-             "Per mask family and coverage, the sampling step whose denoised fields, averaged over the members, "
-             "had the lowest geometric-mean MSE on validation cases from the train split (step 1 is the noisiest; "
-             "the last step is the members' own average). Test scores took no part. Spread/skill for such a mean "
-             "compares it with the members' spread without the K-member correction.", "",
+             f"Per mask family and coverage, {how} (step 1 is the noisiest; the last step is the members' own "
+             "average). Spread/skill for such a mean compares it with the members' spread without the K-member "
+             "correction.", "",
              "| mask | coverage | method | mean from step | validation MSE there | validation MSE of the members' "
              "average |", "|---|---|---|---|---|---|"]
     for c in choices:

@@ -91,8 +91,9 @@ def test_every_baseline_is_buildable_and_reconstructs_observed_pixels_exactly():
 def test_sampling_precision_bf16_is_close_to_fp32_and_auto_follows_the_hardware():
     """bf16 autocast changes only the network's arithmetic (8 significant bits, relative rounding
     2^-8 = 0.4 %), so on the same draws the means differ, but by far less than the fields' own size
-    (bound: 5 % of the fp32 mean's RMS, ten times bf16's rounding); 'auto' is bf16 exactly where
-    runtime.bf16_native says the device computes it natively."""
+    (a loose bound: 5 % of the fp32 mean's RMS, about 12 times bf16's rounding); an fp32 sampler
+    on the same model is untouched by a bf16 one; 'auto' is bf16 for conditional v-models exactly
+    where runtime.bf16_native says the device computes it natively, and fp32 for MMPS."""
     from fieldpaint.diffusion.reconstructor import DiffusionReconstructor
     from fieldpaint.runtime import bf16_native
 
@@ -110,8 +111,14 @@ def test_sampling_precision_bf16_is_close_to_fp32_and_auto_follows_the_hardware(
         means[precision] = method.reconstruct(x * mask, mask, valid, samples=2, seed=0).mean
     diff = (means["bf16"] - means["fp32"]).pow(2).mean().sqrt()
     assert 0 < diff < 0.05 * means["fp32"].pow(2).mean().sqrt()
+    again = DiffusionReconstructor(model, config, method="conditional-dpm", steps=4, precision="fp32")
+    torch.testing.assert_close(again.reconstruct(x * mask, mask, valid, samples=2, seed=0).mean, means["fp32"],
+                               rtol=0, atol=0)  # building the bf16 one left the shared model as it was
     auto = DiffusionReconstructor(model, config, method="conditional-dpm", steps=4, precision="auto")
     assert auto.precision.name == ("bf16" if bf16_native(torch.device("cpu"))[0] else "fp32")
     assert auto.precision.channels_last == (auto.precision.name == "bf16")
+    unconditional = tiny_config("none")
+    assert DiffusionReconstructor(build_model(unconditional), unconditional, method="mmps",
+                                  precision="auto").precision.name == "fp32"  # not measured in bf16
     with pytest.raises(FieldpaintError, match="precision must be one of"):
         DiffusionReconstructor(model, config, method="conditional-dpm", precision="fp16")

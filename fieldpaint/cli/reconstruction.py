@@ -78,6 +78,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     if sigma_y is not None:
         options["sigma_y"] = sigma_y
     if args.mean_step is not None:
+        if not diffusion:
+            raise FieldpaintError(f"--mean-step applies to conditional diffusion methods, not {args.method}")
         options["mean_step"] = args.mean_step
     attrs = inpaint_file(args.checkpoint, args.input, args.out, method=args.method,
                          variables=names(args.variables) if args.variables else None,
@@ -144,8 +146,9 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
                    help="MMPS conjugate-gradient iterations per step (default 5)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="fields x members per network call")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="the network's arithmetic while sampling: auto is bf16 autocast + channels_last where the "
-                        "device computes bf16 natively (AVX512-BF16 or AMX CPUs, Ampere+ GPUs), fp32 elsewhere")
+                   help="the network's arithmetic while sampling: auto is bf16 autocast + channels_last for the "
+                        "conditional methods of v-predicting models where the device computes bf16 natively "
+                        "(AVX512-BF16 or AMX CPUs, Ampere+ GPUs), fp32 elsewhere")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 

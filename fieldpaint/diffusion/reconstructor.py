@@ -75,11 +75,23 @@ DEFAULT_ETA = {"ddnm": 1.0, "mmps": 1.0, "conditional": 0.0}
 # fits its errors). On the exact Gaussian oracle 10 iterations are closer to the converged solve
 # (0.07 posterior std at 50 % hidden; 20: 0.01): raise --cg-iterations for near-linear models.
 DEFAULT_CG_ITERATIONS = 5
-# The network's precision while sampling (runtime.resolve_precision): bf16 autocast + channels_last
-# where the device computes bf16 natively ("auto"), else fp32. On the demo's conditional model on
-# a 2-core AVX512-BF16 CPU, bf16 sampled 1.7x faster with the same MSE to 4 digits
-# (benchmarks/sampling_precision.py); the sampler's own arithmetic stays fp32.
+# The network's precision while sampling: "auto" is bf16 autocast + channels_last for the
+# conditional methods of v-predicting models where the device computes bf16 natively
+# (runtime.bf16_native), fp32 elsewhere. Measured there only: on the demo's conditional model on a
+# 2-core AVX512-BF16 CPU, DPM-Solver++ sampled 2.1x faster with the same MSE to 3 digits
+# (benchmarks/sampling_precision.py). ε-models amplify ε̂'s rounding by 1/√ᾱ at the first steps
+# (check_eps_deterministic), and MMPS solves through the network's Jacobian: both stay fp32 unless
+# "bf16" is asked for. The sampler's own arithmetic is fp32 in every case.
 PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def sampling_precision(precision: str, method: str, prediction: str, device: torch.device):
+    """`precision` resolved for a sampler (runtime.Precision); see PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise FieldpaintError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto" and (method not in CONDITIONAL or prediction != "v"):
+        return resolve_precision("fp32", "auto", device)
+    return resolve_precision(precision, "auto", device)
 CONDITIONAL = ("conditional", "conditional-dpm")
 SigmaYOption = float | Sequence[float] | torch.Tensor  # what DiffusionReconstructor(sigma_y=...) takes
 
@@ -275,14 +287,12 @@ class DiffusionReconstructor:
                                                                                            "conditional") else None
         if warning:
             warnings.warn(warning, stacklevel=2)
-        if precision not in PRECISIONS:
-            raise FieldpaintError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.cg_iterations = cg_iterations
         self.device = _device(device)
-        self.precision = resolve_precision(precision, "auto", self.device)
+        self.precision = sampling_precision(precision, method, config.diffusion.prediction, self.device)
         self.model = model.to(self.device).eval()
-        if self.precision.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.precision.channels_last:  # a copy: Module.to converts in place, and others may share the model
+            self.model = copy.deepcopy(self.model).to(memory_format=torch.channels_last)
         self.config, self.method, self.steps, self.eta, self.sigma_y = config, method, steps, eta, sigma_y
         self.jump_length, self.jump_n_sample = jump_length, jump_n_sample
         self.batch_size, self.progress = batch_size, progress
