@@ -160,7 +160,7 @@ def reconstruct_observations(method, obs: Observations, variables: list[str], st
     if getattr(method, "mean_step", None) is not None:  # the mean is not the members' average
         attrs["mean_step"] = int(method.mean_step)
     if hasattr(method, "sigma_y"):
-        from fieldpaint.diffusion.reconstructor import sigma_y_attribute
+        from fieldpaint.diffusion.sigma_y import sigma_y_attribute
 
         attrs["sigma_y"] = sigma_y_attribute(method.sigma_y)  # normalised units
     if attrs.get("method") == "repaint":

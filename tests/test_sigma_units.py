@@ -19,9 +19,10 @@ import torch
 import xarray as xr
 
 from fieldpaint.data.fields import FieldStats
-from fieldpaint.diffusion.reconstructor import (DiffusionReconstructor, parse_sigma_y, parse_sigma_y_variable,
-                                                sigma_y_attribute, sigma_y_field_from_dataset,
-                                                sigma_y_field_in_normalised_units, sigma_y_in_normalised_units)
+from fieldpaint.diffusion.reconstructor import DiffusionReconstructor
+from fieldpaint.diffusion.sigma_y import (parse_sigma_y, parse_sigma_y_variable, sigma_y_attribute,
+                                          sigma_y_field_from_dataset, sigma_y_field_in_normalised_units,
+                                          sigma_y_in_normalised_units)
 from fieldpaint.diffusion.samplers import ddim, ddnm, mmps, repaint
 from fieldpaint.diffusion.schedule import make_schedule
 from fieldpaint.diffusion.solvers import dpm_solver_2m

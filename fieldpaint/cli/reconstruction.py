@@ -29,7 +29,7 @@ def mean_step_choice(text: str) -> str | int:
 
 def sigma_y_value(text: str):
     """argparse type of --sigma-y: `0.3` or `sst=0.3,...` in the data's units (parse_sigma_y)."""
-    from fieldpaint.diffusion.reconstructor import parse_sigma_y
+    from fieldpaint.diffusion.sigma_y import parse_sigma_y
     from fieldpaint.errors import FieldpaintError
 
     try:
@@ -50,7 +50,7 @@ def normalised_sigma_y(args: argparse.Namespace):
     if args.checkpoint is None:
         raise FieldpaintError("--sigma-y is converted with a run's statistics: give --checkpoint")
     from fieldpaint.data.io import open_dataset
-    from fieldpaint.diffusion.reconstructor import sigma_y_field_from_dataset, sigma_y_in_normalised_units
+    from fieldpaint.diffusion.sigma_y import sigma_y_field_from_dataset, sigma_y_in_normalised_units
     from fieldpaint.runs import load_run
 
     stats = load_run(args.checkpoint).stats
