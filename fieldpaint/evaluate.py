@@ -314,7 +314,7 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
     built = build_methods(methods, runs, baseline, sampler=sampler or {}, gp=gp or {}, seed=seed,
                           per_method=per_method,
                           candidates=REFERENCE_CANDIDATES if reference == "auto" else (reference,))
-    check_fixed_mean_step(built, mean_step)  # before the validation fits, which take minutes
+    steps = mean_steps_for(built, mean_step, validation, families, coverages, samples=samples, seed=seed)
     if reference == "auto":
         candidates = {k: built[k] for k in REFERENCE_CANDIDATES if k in built}
         choices = choose_references(candidates, validation, families, coverages, seed=seed)
@@ -323,7 +323,6 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
                    for f in families for c in coverages}
     else:
         raise FieldpaintError(f"--reference {reference!r} is not among the evaluated methods: {', '.join(built)}")
-    steps = mean_steps_for(built, mean_step, validation, families, coverages, samples=samples, seed=seed)
     if progress:
         tqdm.write(f"evaluating {', '.join(built)} on {len(fields)} {split} fields x {len(families)} mask "
                    f"families x {len(coverages)} coverages; reference: kriging chosen on {len(validation)} "
@@ -338,8 +337,8 @@ def conditional_cores(methods: dict[str, Reconstructor]) -> dict[str, Reconstruc
     from fieldpaint.diffusion.reconstructor import CONDITIONAL
     from fieldpaint.reconstruct import innermost
 
-    return {label: innermost(m) for label, m in methods.items()
-            if getattr(innermost(m), "method", None) in CONDITIONAL}
+    cores = {label: innermost(m) for label, m in methods.items()}
+    return {label: core for label, core in cores.items() if getattr(core, "method", None) in CONDITIONAL}
 
 
 def check_fixed_mean_step(methods: dict[str, Reconstructor], mean_step: str | int) -> None:
