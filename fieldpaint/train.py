@@ -45,7 +45,7 @@ from fieldpaint.data.fields import FieldSplit, FieldStats, synthetic_split
 from fieldpaint.data.stream import chunked_order
 from fieldpaint.data.stream import load_training_data as load_data
 from fieldpaint.diffusion.conditioning import conditioning_input, draw_training_masks
-from fieldpaint.diffusion.loss import diffusion_loss
+from fieldpaint.diffusion.loss import diffusion_loss, draw_timesteps
 from fieldpaint.diffusion.schedule import make_schedule
 from fieldpaint.ema import EMA, ema_decay_at
 from fieldpaint.errors import ConfigError, FieldpaintError
@@ -82,7 +82,7 @@ def make_batch(data: FieldSplit, index: torch.Tensor, config: Config, seed: int,
     """The global batch of one step, cut to this rank's share: x0, valid, t, noise, cond."""
     g = step_generator(seed, step)
     x0, valid = data.batch(index, seed=seed, step=step)  # random crops when the file's grid is larger
-    t = torch.randint(0, config.diffusion.timesteps, (len(index),), generator=g)
+    t = draw_timesteps(len(index), config.diffusion.timesteps, config.diffusion.terminal_fraction, generator=g)
     noise = torch.randn(x0.shape, generator=g)
     cond = None
     if config.model.conditioning != "none":

@@ -3,6 +3,7 @@
 import math
 
 import pandas as pd
+import pytest
 
 from fieldpaint.cli import main
 
@@ -47,5 +48,26 @@ def test_demo_trains_the_conditional_model_on_the_masks_it_is_scored_on(tmp_path
     assert conditional.masks.mixed_weights == (7.0, 2.0, 9.0, 2.0)
     assert unconditional.masks.mixed_weights is None
     assert conditional.model.dropout == unconditional.model.dropout == 0.0
+    assert conditional.diffusion.terminal_fraction == 0.5 and unconditional.diffusion.terminal_fraction == 0.0
     assert (plan.conditional.samples, plan.conditional.steps) == (10, 10)
     assert plan.unconditional.samples == 3
+
+
+def test_the_conditional_budget_fits_a_slow_hour():
+    """The CPU demo's conditional model trains for what the budget leaves. With the stage times of
+    a measured slow-hour default demo (data and unconditional model 159 s, 0.44 s per conditional
+    step, evaluation 349 s; the final code's run of the previous release took 932 s with 17 epochs),
+    the planned epochs bring the whole run within 15 minutes; a longer budget spends its extra
+    minutes there, a slower step trains fewer epochs."""
+    from fieldpaint.demo import (BUDGET_MARGIN, EPOCH_OVERHEAD_S, EVAL_STEPS_PER_FIELD, conditional_seconds,
+                                 epochs_for_budget)
+
+    step, elapsed, evaluation, fields, steps_per_epoch, eval_batches = 0.44, 159.0, 349.0, 24, 50, 5
+    seconds = conditional_seconds(900, elapsed, step, fields)
+    assert seconds + elapsed + EVAL_STEPS_PER_FIELD * step * fields == pytest.approx(900 * (1 - BUDGET_MARGIN))
+    epochs = epochs_for_budget(seconds, step, steps_per_epoch, eval_batches)
+    per_epoch = steps_per_epoch * step + eval_batches * step / 3 + EPOCH_OVERHEAD_S
+    assert elapsed + epochs * per_epoch + evaluation <= 900
+    assert epochs >= 13  # still most of the 17 the fixed share gave
+    assert conditional_seconds(3600, elapsed, step, 48) > 4 * seconds  # 60 minutes: 4x the budget, fixed stages once
+    assert conditional_seconds(900, elapsed, 1.2 * step, fields) < seconds

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fieldpaint.diffusion.loss import diffusion_loss, masked_mse
+from fieldpaint.diffusion.loss import diffusion_loss, draw_timesteps, masked_mse
 from fieldpaint.diffusion.schedule import (cosine_alphas_cumprod, eps_from_v, eps_from_x0, linear_betas,
                                            make_schedule, posterior_mean_variance, predict_x0_eps, q_sample,
                                            v_target, x0_from_eps, x0_from_v)
@@ -226,3 +226,19 @@ def test_loss_draws_from_generator_and_passes_cond():
     assert t.shape == (3,) and t.dtype == torch.int64 and 0 <= t.min() and t.max() < 100
     losses[0].backward()
     assert model.conv.weight.grad is not None and torch.isfinite(model.conv.weight.grad).all()
+
+
+def test_draw_timesteps_terminal_fraction():
+    n, T = 200_000, 100
+    uniform = draw_timesteps(n, T, 0.0, generator=torch.Generator().manual_seed(5))
+    # f = 0 makes exactly the generator calls of plain uniform t, so earlier runs' streams stay as they were
+    assert torch.equal(uniform, torch.randint(0, T, (n,), generator=torch.Generator().manual_seed(5)))
+    f = 0.3
+    t = draw_timesteps(n, T, f, generator=torch.Generator().manual_seed(5))
+    assert t.dtype == torch.int64 and 0 <= t.min() and t.max() == T - 1
+    p = f + (1 - f) / T  # P(t = T-1): the terminal draws plus the uniform ones that land there
+    share = (t == T - 1).double().mean().item()
+    assert abs(share - p) < 5 * math.sqrt(p * (1 - p) / n)  # 5 binomial standard errors
+    # below T-1 the law is still uniform: each of the other levels holds (1-f)/T of the draws
+    counts = torch.bincount(t[t < T - 1], minlength=T - 1).double() / n
+    assert (counts - (1 - f) / T).abs().max() < 5 * math.sqrt((1 - f) / T / n)

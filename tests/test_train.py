@@ -371,3 +371,23 @@ def test_min_snr_weights_follow_the_paper():
     assert torch.equal(plain, diffusion_loss(model, x0f, valid, schedule, "v", t=t, noise=eps.float(), weighting="none"))
     assert not torch.allclose(plain, diffusion_loss(model, x0f, valid, schedule, "v", t=t, noise=eps.float(),
                                                     weighting="min_snr"))
+
+
+def test_make_batch_draws_the_terminal_share(tiny_data):
+    # diffusion.terminal_fraction reaches the batches: the share of t = T-1 over many steps is
+    # f + (1-f)/T, and f = 0 keeps the uniform stream (the same t as before the option existed).
+    from fieldpaint.runtime import Runtime
+    from fieldpaint.train import make_batch
+
+    def timesteps(fraction):
+        config = from_dict({**to_dict(tiny_config(tiny_data)), "diffusion": {"timesteps": 100, "terminal_fraction": fraction}})
+        data = load_training_data(config)[0]
+        return torch.cat([make_batch(data, torch.arange(8), config, 0, step, Runtime(torch.device("cpu")))["t"]
+                          for step in range(400)])
+
+    uniform = timesteps(0.0)
+    expected = torch.cat([torch.randint(0, 100, (8,), generator=torch.Generator().manual_seed(step)) for step in range(400)])
+    assert torch.equal(uniform, expected)  # step_generator(0, step) is seeded with step
+    p = 0.5 + 0.5 / 100
+    share = (timesteps(0.5) == 99).double().mean().item()
+    assert abs(share - p) < 5 * math.sqrt(p * (1 - p) / 3200)  # 5 binomial standard errors

@@ -191,6 +191,10 @@ class DiffusionConfig(Section):
     # error of 0.01 there is a relative error of 23.5 in the mean at 95 % hidden, against 0.067 for v.
     prediction: Literal["eps", "v"] = "v"
     loss_weighting: Literal["none", "min_snr"] = "none"  # per-noise-level loss weights: none, or min-SNR-5 (Hang et al. 2023; diffusion.loss.min_snr_weights)
+    # Share of each training batch drawn at the last timestep T-1, where x_t is pure noise and x̂0 is
+    # the network's regression E[x0 | conditioning] (the rest stays uniform; diffusion.loss.draw_timesteps).
+    # A conditional model's first sampling step reads that regression (fieldpaint.mean_step).
+    terminal_fraction: float = number(0.0, ge=0.0, lt=1.0)
 
 
 @dataclass(frozen=True)
