@@ -132,11 +132,11 @@ def demo_config(plan: DemoPlan, model: ModelPlan, data_path: Path, epochs: int, 
 
 EPOCH_OVERHEAD_S = 1.0  # checkpoints, metrics and progress bars per epoch
 MAX_EPOCHS = 200
-# The evaluation's cost per test field, in conditional training steps of the probe (CPU): the
-# default demo's evaluation (24 test and 12 validation fields, every method) took 265-349 s at
-# 0.44 s per step, 25-33 steps per field; --minutes 60 (48 + 24 fields) 26.5. The upper end, so a
-# slow hour trains a little less instead of overrunning.
-EVAL_STEPS_PER_FIELD = 33.0
+# The evaluation's cost per test field, in conditional training steps of the probe (CPU). Measured
+# on the default demo (24 test and 12 validation fields, every method): 265 and 349 s at a probe of
+# 0.44 s per step, 374 s at 0.59 s (25.1, 33.0, 26.4 steps per field); on --minutes 60 (48 + 24
+# fields) 26.5. The median: the spread is the machine's speed drifting between probe and evaluation.
+EVAL_STEPS_PER_FIELD = 26.5
 BUDGET_MARGIN = 0.03  # of the whole budget: probes, checkpoints, figures and the report
 
 
@@ -230,11 +230,12 @@ def run_demo(out: Path, *, minutes: float = 15.0, device_name: str = "auto", qui
     runs = [out / "runs" / "unconditional", out / "runs" / "conditional"]
     train_stage(plan, plan.unconditional, data_path, runs[0], device, progress)
     clock.say("trained the unconditional model")
-    budget = None  # CUDA and --quick keep the plan's minutes: the CPU calibration does not hold there
-    if device.type == "cpu" and not quick:
-        def budget(step: float) -> float:
-            return conditional_seconds(minutes * 60, clock.elapsed(), step, plan.eval_fields)
-    train_stage(plan, plan.conditional, data_path, runs[1], device, progress, budget)
+    def conditional_budget(step: float) -> float:
+        return conditional_seconds(minutes * 60, clock.elapsed(), step, plan.eval_fields)
+
+    # CUDA and --quick keep the plan's minutes: the evaluation's CPU calibration does not hold there
+    adaptive = device.type == "cpu" and not quick
+    train_stage(plan, plan.conditional, data_path, runs[1], device, progress, conditional_budget if adaptive else None)
     clock.say("trained the conditional model")
 
     from fieldpaint.runs import load_run
