@@ -11,7 +11,8 @@ def _seed_everything():
     yield
 
 
-def train_tiny_grf_run(root, conditioning: str = "none", n_train: int = 24, n_test: int = 6, seed: int = 2):
+def train_tiny_grf_run(root, conditioning: str = "none", n_train: int = 24, n_test: int = 6, seed: int = 2,
+                       terminal_fraction: float = 0.0):
     """A one-epoch run of 8/16-channel U-Net on a 16x32 Matérn-GRF file in `root` (grf.nc, run/)."""
     from fieldpaint.config import from_dict
     from fieldpaint.data.grf import generate_grf
@@ -23,7 +24,7 @@ def train_tiny_grf_run(root, conditioning: str = "none", n_train: int = 24, n_te
     config = from_dict({
         "data": {"path": str(root / "grf.nc"), "variables": ["field"], "height": 16, "width": 32},
         "model": {"channels": [8, 16], "norm_groups": 4, "attention_heads": 2, "conditioning": conditioning},
-        "diffusion": {"timesteps": 50},
+        "diffusion": {"timesteps": 50, "terminal_fraction": terminal_fraction},
         "train": {"epochs": 1, "batch_size": 8, "ema_warmup_steps": 5, "eval_train_samples": 8},
     })
     train(config, root / "run", progress=False)

@@ -260,6 +260,37 @@ def test_inpaint_records_the_mean_step(conditional_run, tmp_path, capsys):
     assert not (tmp_path / "c.nc").exists()
 
 
+def test_inpaint_reads_a_terminal_trained_model_at_step_1(tmp_path, capsys):
+    """A model trained with diffusion.terminal_fraction has its mean from step 1 by default (its
+    trained regression); `--mean-step members` gives the members' own average, the same members."""
+    import xarray as xr
+
+    root = train_tiny_grf_run(tmp_path, "concat", n_test=2, seed=4, terminal_fraction=0.5)
+    with xr.open_dataset(root / "grf.nc") as ds:
+        obs = ds.isel(sample=slice(0, 2)).load()
+    obs["field"] = obs["field"].where(np.random.default_rng(1).random(obs["field"].shape) >= 0.9)
+    obs.to_netcdf(tmp_path / "obs.nc")
+    args = ["inpaint", "--checkpoint", str(root / "run"), "--input", str(tmp_path / "obs.nc"),
+            "--method", "conditional-dpm", "--steps", "3", "--samples", "2", "--no-progress"]
+    outputs = {name: tmp_path / f"{name}.nc" for name in ("default", "one", "members")}
+    assert main(args + ["--out", str(outputs["default"])]) == 0
+    assert main(args + ["--out", str(outputs["one"]), "--mean-step", "1"]) == 0
+    assert main(args + ["--out", str(outputs["members"]), "--mean-step", "members"]) == 0
+    ds = {name: xr.open_dataset(path) for name, path in outputs.items()}
+    try:
+        assert ds["default"].attrs["mean_step"] == 1 and "mean_step" not in ds["members"].attrs
+        np.testing.assert_array_equal(ds["default"]["field"], ds["one"]["field"])
+        np.testing.assert_array_equal(ds["default"]["field_members"], ds["members"]["field_members"])
+        np.testing.assert_allclose(ds["members"]["field"], ds["members"]["field_members"].mean("realization"),
+                                   rtol=1e-5, atol=1e-5)
+    finally:
+        for d in ds.values():
+            d.close()
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "x.nc"), "--mean-step", "auto"]) == 2  # no validation cases here
+    assert "members or a sampling step" in capsys.readouterr().err
+
+
 def test_a_conditional_reference_keeps_its_mean_step(conditional_run, tmp_path):
     """--reference conditional-dpm: its own rows and the kriging-named reference rows both use the step."""
     from fieldpaint.runs import load_run

@@ -17,14 +17,19 @@ def _sampler_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def mean_step_choice(text: str) -> str | int:
+def mean_step_choice(text: str, words: tuple[str, ...] = ("auto", "members")) -> str | int:
     """argparse type of evaluate's --mean-step: auto, members or a sampling step (>= 1)."""
-    if text in ("auto", "members"):
+    if text in words:
         return text
     try:
         return positive_int(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give auto, members or a sampling step (1, 2, ...)") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: give {', '.join(words)} or a sampling step (1, 2, ...)") from None
+
+
+def inpaint_mean_step(text: str) -> str | int:
+    """argparse type of inpaint's --mean-step: members or a sampling step (no validation cases: no auto)."""
+    return mean_step_choice(text, ("members",))
 
 
 def sigma_y_value(text: str):
@@ -80,7 +85,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     if args.mean_step is not None:
         if not diffusion:
             raise FieldpaintError(f"--mean-step applies to conditional diffusion methods, not {args.method}")
-        options["mean_step"] = args.mean_step
+        options["mean_step"] = None if args.mean_step == "members" else args.mean_step
     attrs = inpaint_file(args.checkpoint, args.input, args.out, method=args.method,
                          variables=names(args.variables) if args.variables else None,
                          mask_variable=args.mask_variable, valid_variable=args.valid_variable,
@@ -182,10 +187,11 @@ def add_inpaint_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma-y-variable", default=None,
                    help="per-pixel observation noise std from the input file, in the data's units: a variable for "
                         "every channel (err) or per channel (u=u_err,v=v_err)")
-    p.add_argument("--mean-step", type=positive_int, default=None,
+    p.add_argument("--mean-step", type=inpaint_mean_step, default=None,
                    help="conditional methods: take the mean from the members' average of the denoised fields at "
                         "this sampling step (1 = the noisiest; see `fieldpaint evaluate --mean-step auto` for the "
-                        "step validated per mask and coverage). Default: the members' average")
+                        "step validated per mask and coverage), or members (their own average). Default: 1 for a "
+                        "model trained with diffusion.terminal_fraction > 0 (its trained regression), else members")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-progress", action="store_true")
