@@ -66,10 +66,10 @@ FAMILIES = ("random", "tracks")
 def make_plan(minutes: float, device: torch.device, quick: bool = False) -> DemoPlan:
     """CPU: 32x64 fields; the unconditional model (1 M parameters, [16, 32, 64]) gets 9 % of the
     budget and the conditional one (3.8 M, [32, 64, 128]) what data (~1 min), the unconditional
-    model and the evaluation's estimate leave (`conditional_seconds`: about 45 % at 15 minutes, 65 %
-    at 60; the plan's 47 % is only the nominal share). The evaluation draws 10 members of the
-    conditional model on the test and the validation fields and 3 of MMPS, both sampled with
-    --precision auto. More minutes buy more data (up to 4x), training and test fields (up to 96).
+    model and the evaluation's estimate leave (`conditional_seconds`: 42 % in a 15-minute run at
+    a slow hour, 55 % at 60 minutes; the plan's 47 % is only the nominal share). The evaluation
+    draws 10 members of the conditional model on the test and the validation fields and 3 of
+    MMPS, both sampled with --precision auto. More minutes buy more data (up to 4x), training and test fields (up to 96).
     CUDA: the notes' 64x128 slim models, on the plan's shares.
 
     The conditional model draws 10 members of 10 DPM-Solver++ steps and its mean comes from the
@@ -232,6 +232,7 @@ def run_demo(out: Path, *, minutes: float = 15.0, device_name: str = "auto", qui
     runs = [out / "runs" / "unconditional", out / "runs" / "conditional"]
     train_stage(plan, plan.unconditional, data_path, runs[0], device, progress)
     clock.say("trained the unconditional model")
+
     def conditional_budget(step: float) -> float:
         return conditional_seconds(minutes * 60, clock.elapsed(), step, plan.eval_fields)
 
