@@ -52,6 +52,10 @@ BAD = [
     ("train.ema_decay=-0.5", "train.ema_decay"),
     ("train.ema_decay=nan", "train.ema_decay"),
     ("train.ema_warmup_steps=-1", "train.ema_warmup_steps"),
+    # the terminal share of the timesteps: [0, 1) (1 would never train any other noise level)
+    ("diffusion.terminal_fraction=1.0", "diffusion.terminal_fraction"),
+    ("diffusion.terminal_fraction=-0.1", "diffusion.terminal_fraction"),
+    ("diffusion.terminal_fraction=nan", "diffusion.terminal_fraction"),
     # counts and their upper bounds
     ("train.epochs=0", "train.epochs"),
     ("train.epochs=10000000", "train.epochs"),
@@ -112,7 +116,8 @@ def test_bad_value_is_a_config_error_naming_the_key(override, key):
     "train.weight_decay=0", "train.grad_clip=0", "train.ema_decay=0", "train.ema_warmup_steps=0",
     "train.seed=9223372036854775807", "diffusion.timesteps=2", "diffusion.timesteps=100000",
     "masks.coverage=[0.0,0.0]", "masks.coverage=[0.7,0.7]", "model.dropout=0", "data.periodic=xy",
-    "train.eval_train_samples=0", "train.batch_size=65536",
+    "train.eval_train_samples=0", "train.batch_size=65536", "diffusion.terminal_fraction=0",
+    "diffusion.terminal_fraction=0.99",
 ])
 def test_values_on_the_bounds_are_accepted(override):
     load_config(PRESET, [override])
