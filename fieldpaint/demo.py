@@ -157,6 +157,12 @@ def epochs_for_budget(seconds: float, step_seconds: float, steps_per_epoch: int,
     return int(min(MAX_EPOCHS, max(2, seconds / per_epoch)))
 
 
+def step_from_epoch(epoch_seconds: float, steps_per_epoch: int, eval_batches: int) -> float:
+    """Seconds per training step implied by a measured epoch (its steps and evaluation): the
+    inverse of `epochs_for_budget`'s epoch model, whose fixed overhead the epoch had not yet paid."""
+    return epoch_seconds / (steps_per_epoch + eval_batches / 3)
+
+
 def _finished(run_dir: Path) -> bool:
     from fieldpaint.runlog import read_metrics
 
@@ -170,7 +176,12 @@ def _finished(run_dir: Path) -> bool:
 def train_stage(plan: DemoPlan, model: ModelPlan, data_path: Path, run_dir: Path, device: torch.device,
                 progress: bool, seconds_for: Callable[[float], float] | None = None) -> None:
     """Train `model` into `run_dir` (or resume it, or skip it when done) for whole epochs within
-    `seconds_for(step seconds)` (default: the plan's minutes), the step timed on this machine."""
+    `seconds_for(step seconds)` (default: the plan's minutes), the step timed on this machine.
+
+    With `seconds_for`, the epochs are planned twice: from a probe of a few steps, and again after
+    the first epoch from its measured time (`train(replan=)`). The machine's speed drifts by
+    1.2x within minutes: a probe at 0.57 s per step once planned an epoch that then ran at 0.48 s,
+    leaving 11 of 60 minutes unspent."""
     from fieldpaint.runfolder import prepare_run
     from fieldpaint.train import time_train_steps, train
 
@@ -190,7 +201,14 @@ def train_stage(plan: DemoPlan, model: ModelPlan, data_path: Path, run_dir: Path
     config = demo_config(plan, model, data_path, epochs, steps_per_epoch, str(device))
     tqdm.write(f"[demo] {model.preset} {list(model.channels)}: {step:.2f} s per step of {plan.batch_size} -> "
                f"{epochs} epochs in about {seconds / 60:.1f} min")
-    train(config, run_dir, progress=progress)
+
+    def replan(first_epoch_s: float) -> Config:
+        measured = step_from_epoch(first_epoch_s, steps_per_epoch, eval_batches)
+        later = epochs_for_budget(seconds_for(measured), measured, steps_per_epoch, eval_batches)
+        tqdm.write(f"[demo] the first epoch ran at {measured:.2f} s per step")
+        return demo_config(plan, model, data_path, min(MAX_EPOCHS, 1 + later), steps_per_epoch, str(device))
+
+    train(config, run_dir, progress=progress, replan=None if seconds_for is None else replan)
 
 
 class _Clock:

@@ -117,6 +117,17 @@ def schedule_steps(cfg: TrainConfig, steps_per_epoch: int, epochs: int | None = 
     return round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch
 
 
+def _lr_factor(cfg: TrainConfig, steps_per_epoch: int, epochs: int | None):
+    """step -> lr / cfg.lr along `lr_at_step` for `cfg`'s schedule."""
+    warmup, total = schedule_steps(cfg, steps_per_epoch, epochs)
+
+    def factor(step: int) -> float:
+        return lr_at_step(step, base_lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=warmup,
+                          total_steps=total, schedule=cfg.lr_schedule) / cfg.lr
+
+    return factor
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, *,
                     epochs: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR following `lr_at_step`; call `scheduler.step()` after every `optimizer.step()`.
@@ -124,13 +135,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     Build it before loading saved optimizer state (as `resume_optimizer` does): constructing a
     LambdaLR resets every group's lr to its step-0 value.
     """
-    warmup, total = schedule_steps(cfg, steps_per_epoch, epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, steps_per_epoch, epochs))
 
-    def factor(step: int) -> float:
-        return lr_at_step(step, base_lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=warmup,
-                          total_steps=total, schedule=cfg.lr_schedule) / cfg.lr
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def retarget_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """Make a `build_scheduler` LambdaLR follow `cfg`'s schedule from its current step on (a run
+    whose epochs were re-planned): the lr of the next step is the one a run planned with `cfg`
+    from the start would use there."""
+    factor = _lr_factor(cfg, steps_per_epoch, None)
+    scheduler.lr_lambdas = [factor] * len(scheduler.optimizer.param_groups)
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 def optimizer_signature(cfg: TrainConfig, steps_per_epoch: int, *, epochs: int | None = None) -> dict[str, Any]:

@@ -49,7 +49,8 @@ from fieldpaint.diffusion.schedule import make_schedule
 from fieldpaint.ema import EMA, ema_decay_at
 from fieldpaint.errors import ConfigError, FieldpaintError
 from fieldpaint.models.registry import build_model, count_parameters
-from fieldpaint.optim import build_optimizer, build_scheduler, optimizer_signature, resume_optimizer
+from fieldpaint.optim import (build_optimizer, build_scheduler, optimizer_signature, resume_optimizer,
+                              retarget_scheduler)
 from fieldpaint.runfolder import (RunPlan, check_run_folder, last_checkpoint, open_run_folder,  # noqa: F401
                                   prepare_run, recorded_init_from, write_run_header)  # RunPlan, prepare_run: re-exported
 from fieldpaint.runlog import MetricsLog
@@ -224,7 +225,8 @@ def _check_finite(value: float, what: str, epoch: int, run_dir: Path) -> None:
 
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_optimizer: bool = False,
-          init_from: str | Path | None = None, progress: bool = True, stop_after_epoch: int | None = None) -> dict:
+          init_from: str | Path | None = None, progress: bool = True, stop_after_epoch: int | None = None,
+          replan: Callable[[float], Config] | None = None) -> dict:
     """Train `config` into `run_dir`; returns the last epoch's metrics.
 
     resume: continue from run_dir's `last` checkpoint (exactly, when the optimizer and LR settings
@@ -232,6 +234,10 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_op
     with a config but no checkpoint starts from scratch. reset_optimizer: on resume, always start
     the optimizer and LR schedule fresh. init_from: start a new run from a checkpoint's weights
     (the notes' retrain mode). stop_after_epoch: end after this epoch as if killed (for tests).
+    replan: for a budget in minutes (fieldpaint.demo). Called once, after the first epoch of a new
+    run, with that epoch's wall seconds (steps and evaluation); returns the config to finish with,
+    which may differ only in the REPLANNABLE train keys. The LR schedule, the EMA, config.yaml and
+    every checkpoint follow it, so a resume is exact. Single-process runs only.
     """
     run_dir = Path(run_dir)
     t = config.train
@@ -241,6 +247,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_op
         raise ConfigError(f"config key 'train.batch_size': {t.batch_size} is not divisible by "
                           f"{runtime.world_size} processes")
     check_run_folder(run_dir, resume)
+    if replan is not None and runtime.distributed:
+        raise ValueError("train(replan=...) is for single-process runs: every rank would time its own epoch")
     set_deterministic(t.deterministic)
     seed_everything(t.seed)
     ckpt = load_checkpoint(last_checkpoint(run_dir)) if resume and last_checkpoint(run_dir).is_file() else None
@@ -294,7 +302,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_op
     # -- 4. the epochs ------------------------------------------------------------------------
     row: dict = {}
     try:
-        for epoch in range(start_epoch, t.epochs):
+        epoch = start_epoch
+        while epoch < t.epochs:  # t.epochs may change once, by `replan`
             net.train()
             started = time.perf_counter()
             running = torch.zeros((), dtype=_sum_dtype(runtime.device), device=runtime.device)
@@ -330,6 +339,13 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_op
                 log.log(row)
                 _say(runtime, f"epoch {epoch + 1:>3}  epoch_loss {epoch_loss:.4f}  train {train_loss:.4f}  "
                               f"test {test_loss:.4f}  lr {row['lr']:.2e}  ema {row['ema_decay']:.4f}  {seconds:.1f}s")
+                if replan is not None and ckpt is None and epoch == 0:
+                    config = replanned(config, replan(time.perf_counter() - started))
+                    t, signature = config.train, optimizer_signature(config.train, steps_per_epoch)
+                    retarget_scheduler(scheduler, t, steps_per_epoch)
+                    ema.decay, ema.warmup_steps = t.ema_decay, t.ema_warmup_steps
+                    write_run_header(run_dir, config, info)  # before the checkpoint that commits it
+                    _say(runtime, f"  re-planned from this epoch's time: {t.epochs} epochs")
                 if row["overfitting"]:
                     _say(runtime, f"  test loss has not improved for {row['epochs_since_best']} epochs "
                                   f"(best {best[0]:.4f} at epoch {best[1]}): the model may be overfitting")
@@ -344,13 +360,29 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_op
                     header_pending = False
             if runtime.distributed:
                 torch.distributed.barrier()
-            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            epoch += 1
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 break
     finally:
         if log is not None:
             log.close()
         teardown_runtime(runtime)
     return row
+
+
+REPLANNABLE = ("epochs", "warmup_epochs", "ema_decay", "ema_warmup_steps")  # train keys `replan` may change
+
+
+def replanned(config: Config, new: Config) -> Config:
+    """`new`, checked to differ from `config` only in REPLANNABLE train keys."""
+    def fixed(c: Config) -> dict:
+        values = to_dict(c)
+        values["train"] = {k: v for k, v in values["train"].items() if k not in REPLANNABLE}
+        return values
+
+    if fixed(new) != fixed(config):
+        raise ValueError(f"replan may change only train.{', train.'.join(REPLANNABLE)}")
+    return new
 
 
 # ----------------------------------------------------------------------------------------------

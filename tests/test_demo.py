@@ -4,6 +4,7 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 
 from fieldpaint.cli import main
 
@@ -71,3 +72,39 @@ def test_the_conditional_budget_fits_a_slow_hour():
     assert epochs >= 17  # what the fixed share of the previous release gave, with time to spare
     assert conditional_seconds(3600, elapsed, step, 48) > 4 * seconds  # 60 minutes: 4x the budget, fixed stages once
     assert conditional_seconds(900, elapsed, 1.2 * step, fields) < seconds
+
+
+def test_the_first_epoch_replans_the_conditional_model(tmp_path, monkeypatch):
+    """With a budget (`seconds_for`), train_stage hands train() a re-plan: an epoch measured faster
+    than the probe buys the epochs the same budget fits at the measured speed, and the new config
+    differs from the planned one only where train() lets it."""
+    import fieldpaint.train as T
+    from fieldpaint.demo import epochs_for_budget, make_plan, step_from_epoch, train_stage
+
+    assert step_from_epoch(50 * 0.4 + 4 * 0.4 / 3, 50, 4) == pytest.approx(0.4)  # the epoch model's inverse
+    plan = make_plan(15, torch.device("cpu"))
+    calls = {}
+    monkeypatch.setattr(T, "time_train_steps", lambda config, device: 0.6)
+    monkeypatch.setattr(T, "train", lambda config, run_dir, progress, replan: calls.update(config=config, replan=replan))
+    budget = 400.0
+    train_stage(plan, plan.conditional, tmp_path / "data.nc", tmp_path / "run", torch.device("cpu"), False,
+                seconds_for=lambda step: budget)
+    spe, eval_batches = plan.n_train // plan.batch_size, 6  # 160 test fields and 160 scored train fields, 64 a batch
+    planned = calls["config"]
+    assert planned.train.epochs == epochs_for_budget(budget, 0.6, spe, eval_batches)
+    first_epoch = 0.4 * (spe + eval_batches / 3)  # the epoch ran at 0.4 s per step
+    new = calls["replan"](first_epoch)
+    assert new.train.epochs == 1 + epochs_for_budget(budget, 0.4, spe, eval_batches) > planned.train.epochs
+    assert T.replanned(planned, new) is new
+    assert new.train.ema_decay > planned.train.ema_decay  # the EMA horizon follows the longer run
+
+
+def test_without_a_budget_the_plan_is_not_replanned(tmp_path, monkeypatch):
+    import fieldpaint.train as T
+    from fieldpaint.demo import make_plan, train_stage
+
+    plan, calls = make_plan(15, torch.device("cpu"), quick=True), {}
+    monkeypatch.setattr(T, "time_train_steps", lambda config, device: 0.01)
+    monkeypatch.setattr(T, "train", lambda config, run_dir, progress, replan: calls.update(replan=replan))
+    train_stage(plan, plan.unconditional, tmp_path / "data.nc", tmp_path / "run", torch.device("cpu"), False)
+    assert calls["replan"] is None

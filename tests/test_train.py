@@ -264,6 +264,53 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     assert R.resolve_precision("bf16", "auto", cpu) == R.Precision("bf16", True, "train.precision bf16")
 
 
+def test_replan_after_the_first_epoch_finishes_the_new_plan_and_resumes_exactly(tiny_data, tmp_path):
+    """train(replan=): a run planned for 2 epochs and re-planned to 4 after its first follows the
+    4-epoch schedule from there (closed form of the cosine LR), records the new plan in config.yaml
+    and its checkpoints, and a kill after the re-plan resumes bit for bit."""
+    from fieldpaint.config import load_config
+    from fieldpaint.train import prepare_run
+
+    planned, target = tiny_config(tiny_data, epochs=2, ema_decay=0.9), tiny_config(tiny_data, epochs=4, ema_decay=0.95)
+    seen = []
+
+    def replan(seconds):
+        seen.append(seconds)
+        return target
+
+    train(planned, tmp_path / "whole", progress=False, replan=replan)
+    rows = read_metrics(tmp_path / "whole")
+    assert len(seen) == 1 and seen[0] >= rows[0]["seconds"] > 0  # the epoch's steps and its evaluation
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    # 4 steps per epoch (32 fields, batch 8), warmup 4 steps, then cosine over 12 to 0 at step 16;
+    # the 2-epoch plan would have reached 0 at step 8.
+    lr = 3e-3
+    assert rows[1]["lr"] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 4 / 12)))
+    assert rows[3]["lr"] == pytest.approx(0.0, abs=1e-12)
+    # the EMA's decay ramp (ema_warmup_steps 10) too: the old plan's 0.9 for step 3, the new 0.95 after
+    assert [r["ema_decay"] for r in rows] == pytest.approx([0.9 * 3 / 10, 0.95 * 7 / 10, 0.95, 0.95])
+    assert load_config(str(tmp_path / "whole" / "config.yaml")).train.epochs == 4
+    assert final_weights(tmp_path / "whole").config["train"]["epochs"] == 4
+
+    train(planned, tmp_path / "killed", progress=False, replan=replan, stop_after_epoch=2)
+    resumed = prepare_run(resume=tmp_path / "killed").config
+    assert resumed.train.epochs == 4 and resumed.train.ema_decay == 0.95
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an exact resume: no fresh-optimizer warning
+        train(resumed, tmp_path / "killed", progress=False, resume=True)
+    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "killed")
+    assert a.step == b.step == 16
+    for key in a.model_state:
+        assert torch.equal(a.model_state[key], b.model_state[key]), key
+
+
+def test_replan_refuses_a_change_beyond_the_epochs(tiny_data, tmp_path):
+    planned = tiny_config(tiny_data, epochs=2)
+    other = from_dict({**to_dict(planned), "train": {**to_dict(planned)["train"], "lr": 1e-3}})
+    with pytest.raises(ValueError, match="replan may change only train.epochs"):
+        train(planned, tmp_path / "run", progress=False, replan=lambda seconds: other)
+
+
 def test_time_train_steps_times_real_steps(tiny_data, monkeypatch):
     import fieldpaint.train as T
 
