@@ -1,6 +1,6 @@
 """Training-step throughput and peak memory of `standard_attn_slim` at 64x128.
 
-One step of the training loop, timed by fieldpaint.train.train_step_times: the batch
+One step of the training loop, timed by fieldpaint.steptimes.train_step_times: the batch
 (make_batch: timesteps, noise, masks for conditional models) and fieldpaint.train.train_step
 (forward and masked diffusion loss under the configured autocast, backward, gradient clipping,
 AdamW step, LR-scheduler step, EMA update), on synthetic fields with a never-valid corner. Each
@@ -92,7 +92,7 @@ def run_case(spec: dict) -> dict:
 
     from fieldpaint.config import load_config
     from fieldpaint.models.registry import count_parameters
-    from fieldpaint.train import train_step_times
+    from fieldpaint.steptimes import train_step_times
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

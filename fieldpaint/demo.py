@@ -183,7 +183,8 @@ def train_stage(plan: DemoPlan, model: ModelPlan, data_path: Path, run_dir: Path
     1.2x within minutes: a probe at 0.57 s per step once planned an epoch that then ran at 0.48 s,
     leaving 11 of 60 minutes unspent."""
     from fieldpaint.runfolder import prepare_run
-    from fieldpaint.train import time_train_steps, train
+    from fieldpaint.steptimes import time_train_steps
+    from fieldpaint.train import train
 
     if _finished(run_dir):
         tqdm.write(f"[demo] {run_dir} is trained; skipping")

@@ -15,7 +15,8 @@ A run folder survives a kill at any point:
   killed before its first checkpoint holds only a config: `--resume` starts it from scratch with
   that config, and a new run may restart in it (`prepare_run`);
 - a resumed run rewrites `config.yaml` only after its first new checkpoint, and continues the
-  config its last checkpoint was trained with (plus `--set` overrides);
+  config its last checkpoint was trained with (plus `--set` overrides); a new run re-planned after
+  its first epoch (`replan`) rewrites it before that epoch's checkpoint;
 - each epoch writes, in this order, its metrics row, `best` (if it improved) and `last`. `last`
   is the commit point: a kill before it is redone exactly by `--resume` (which drops later
   metrics rows, a torn final line included); `best` is never older than what `last` names, and
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +40,7 @@ from fieldpaint import __version__
 from fieldpaint.checkpoint import (Checkpoint, check_compatible, load_checkpoint, resolve_checkpoint,
                                    restore_rng_state, save_checkpoint, unwrap_model)
 from fieldpaint.config import Config, to_dict
-from fieldpaint.data.fields import FieldSplit, FieldStats, synthetic_split
+from fieldpaint.data.fields import FieldSplit, FieldStats
 from fieldpaint.data.stream import chunked_order
 from fieldpaint.data.stream import load_training_data as load_data
 from fieldpaint.diffusion.conditioning import conditioning_input, draw_training_masks
@@ -55,7 +55,7 @@ from fieldpaint.runfolder import (RunPlan, check_run_folder, last_checkpoint, op
                                   prepare_run, recorded_init_from, write_run_header)  # RunPlan, prepare_run: re-exported
 from fieldpaint.runlog import MetricsLog
 from fieldpaint.runtime import (Precision, Runtime, all_reduce_mean, resolve_precision, seed_everything, set_deterministic,
-                                setup_runtime, synchronize, teardown_runtime)
+                                setup_runtime, teardown_runtime)
 
 EVAL_BATCH = 64
 
@@ -383,41 +383,3 @@ def replanned(config: Config, new: Config) -> Config:
     if fixed(new) != fixed(config):
         raise ValueError(f"replan may change only train.{', train.'.join(REPLANNABLE)}")
     return new
-
-
-# ----------------------------------------------------------------------------------------------
-# timing real steps (the demo's budget, benchmarks/train_throughput.py)
-
-
-def train_step_times(config: Config, device: torch.device, steps: int, *, warmup: int = 1,
-                     model: torch.nn.Module | None = None,
-                     before_first_step: Callable[[], None] | None = None) -> list[float]:
-    """Wall seconds of `steps` training-loop steps (make_batch + train_step on train.batch_size
-    synthetic fields of config's grid) after `warmup` untimed ones, with the real model (or
-    `model`), optimizer, LR scheduler and EMA. `before_first_step` runs once everything is built
-    (e.g. to reset a peak-memory counter)."""
-    torch.manual_seed(config.train.seed)
-    device = torch.device(device)
-    model = build_training_model(config, device, model).train()
-    optimizer, scheduler, _ = build_optimization(model, config, steps + warmup)
-    ema = EMA(model, config.train.ema_decay, config.train.ema_warmup_steps)
-    schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps).to(device)
-    data, runtime = synthetic_split(config, config.train.batch_size), Runtime(device)
-    index = torch.arange(config.train.batch_size)
-    if before_first_step is not None:
-        before_first_step()
-    times = []
-    for step in range(warmup + steps):
-        synchronize(device)
-        started = time.perf_counter()
-        batch = make_batch(data, index, config, config.train.seed, step, runtime)
-        train_step(model, batch, optimizer=optimizer, scheduler=scheduler, ema=ema, schedule=schedule,
-                   config=config, step=step)
-        synchronize(device)
-        times.append(time.perf_counter() - started)
-    return times[warmup:]
-
-
-def time_train_steps(config: Config, device: torch.device, repeats: int = 3) -> float:
-    """Median seconds per training step of `config` on `device` (1 warm-up + `repeats` timed)."""
-    return statistics.median(train_step_times(config, device, repeats))

@@ -78,13 +78,14 @@ def test_the_first_epoch_replans_the_conditional_model(tmp_path, monkeypatch):
     """With a budget (`seconds_for`), train_stage hands train() a re-plan: an epoch measured faster
     than the probe buys the epochs the same budget fits at the measured speed, and the new config
     differs from the planned one only where train() lets it."""
+    import fieldpaint.steptimes as S
     import fieldpaint.train as T
     from fieldpaint.demo import epochs_for_budget, make_plan, step_from_epoch, train_stage
 
     assert step_from_epoch(50 * 0.4 + 4 * 0.4 / 3, 50, 4) == pytest.approx(0.4)  # the epoch model's inverse
     plan = make_plan(15, torch.device("cpu"))
     calls = {}
-    monkeypatch.setattr(T, "time_train_steps", lambda config, device: 0.6)
+    monkeypatch.setattr(S, "time_train_steps", lambda config, device: 0.6)
     monkeypatch.setattr(T, "train", lambda config, run_dir, progress, replan: calls.update(config=config, replan=replan))
     budget = 400.0
     train_stage(plan, plan.conditional, tmp_path / "data.nc", tmp_path / "run", torch.device("cpu"), False,
@@ -100,11 +101,12 @@ def test_the_first_epoch_replans_the_conditional_model(tmp_path, monkeypatch):
 
 
 def test_without_a_budget_the_plan_is_not_replanned(tmp_path, monkeypatch):
+    import fieldpaint.steptimes as S
     import fieldpaint.train as T
     from fieldpaint.demo import make_plan, train_stage
 
     plan, calls = make_plan(15, torch.device("cpu"), quick=True), {}
-    monkeypatch.setattr(T, "time_train_steps", lambda config, device: 0.01)
+    monkeypatch.setattr(S, "time_train_steps", lambda config, device: 0.01)
     monkeypatch.setattr(T, "train", lambda config, run_dir, progress, replan: calls.update(replan=replan))
     train_stage(plan, plan.unconditional, tmp_path / "data.nc", tmp_path / "run", torch.device("cpu"), False)
     assert calls["replan"] is None

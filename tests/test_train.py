@@ -312,12 +312,12 @@ def test_replan_refuses_a_change_beyond_the_epochs(tiny_data, tmp_path):
 
 
 def test_time_train_steps_times_real_steps(tiny_data, monkeypatch):
-    import fieldpaint.train as T
+    import fieldpaint.steptimes as S
 
     calls = []
-    real = T.train_step
-    monkeypatch.setattr(T, "train_step", lambda *a, **k: calls.append(k["step"]) or real(*a, **k))
-    seconds = T.time_train_steps(tiny_config(tiny_data), torch.device("cpu"), repeats=2)
+    real = S.train_step
+    monkeypatch.setattr(S, "train_step", lambda *a, **k: calls.append(k["step"]) or real(*a, **k))
+    seconds = S.time_train_steps(tiny_config(tiny_data), torch.device("cpu"), repeats=2)
     assert seconds > 0 and calls == [0, 1, 2]  # one warm-up + 2 timed steps, each a real train_step
 
 
