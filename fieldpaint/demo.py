@@ -27,6 +27,20 @@ from fieldpaint.config import Config, from_dict, load_config, to_dict
 from fieldpaint.errors import FieldpaintError
 
 
+# The evaluation's cost per test field, in conditional training steps of the probe, on a CPU with
+# native bf16. Measured on the default demo (24 test and 12 validation fields, every method): 265
+# and 349 s at a probe of 0.44 s per step, 374 s at 0.59 s (25.1, 33.0, 26.4 steps per field); on
+# --minutes 60 (48 + 24 fields) 26.5. The median: the spread is the machine's speed drifting
+# between probe and evaluation.
+EVAL_STEPS_PER_FIELD = 26.5
+# The same on a CPU without native bf16 (2 AVX2 cores), for that plan's lighter conditional model:
+# the sum of the stages measured there (conditional test and validation fields ~117 s at a 0.51 s
+# probe, MMPS 169 s, kriging fits and the per-field GP ~110 s, 24 test fields): ~32 steps per field.
+# Estimated from those parts; no whole fp32 demo has measured it yet.
+FP32_EVAL_STEPS_PER_FIELD = 32.0
+FP32_TRAIN_SNAPSHOTS = 1600
+
+
 @dataclass(frozen=True)
 class ModelPlan:
     """One model of the demo: its preset, widths, training minutes and the sampler it is shown with
@@ -40,6 +54,7 @@ class ModelPlan:
     steps: int
     samples: int
     cg_iterations: int | None = None
+    num_res_blocks: int = 2
 
 
 @dataclass(frozen=True)
@@ -57,20 +72,35 @@ class DemoPlan:
     eval_fields: int
     coverages: tuple[float, ...]
     families: tuple[str, ...]
+    # The evaluation's cost per test field, in training steps of the conditional model's probe (CPU):
+    # what `conditional_seconds` holds back for it.
+    eval_steps_per_field: float = EVAL_STEPS_PER_FIELD
 
 
 COVERAGES = (0.9, 0.95, 0.99)  # where users are (1-10 % observed) and where the notes' RePaint collapsed
 FAMILIES = ("random", "tracks")
 
 
-def make_plan(minutes: float, device: torch.device, quick: bool = False) -> DemoPlan:
+def make_plan(minutes: float, device: torch.device, quick: bool = False, bf16: bool | None = None) -> DemoPlan:
     """CPU: 32x64 fields; the unconditional model (1 M parameters, [16, 32, 64]) gets 9 % of the
-    budget and the conditional one (3.8 M, [32, 64, 128]) what data (~1 min), the unconditional
-    model and the evaluation's estimate leave (`conditional_seconds`: 42 % in a 15-minute run at
-    a slow hour, 55 % at 60 minutes; the plan's 47 % is only the nominal share). The evaluation
-    draws 10 members of the conditional model on the test and the validation fields and 3 of
-    MMPS, both sampled with --precision auto. More minutes buy more data (up to 4x), training and test fields (up to 96).
-    CUDA: the notes' 64x128 slim models, on the plan's shares.
+    budget and the conditional one what data (~1 min), the unconditional model and the
+    evaluation's estimate leave (`conditional_seconds`: 42 % in a 15-minute run at a slow hour,
+    55 % at 60 minutes; the plan's 47 % is only the nominal share). The evaluation draws 10
+    members of the conditional model on the test and the validation fields and 3 of MMPS, both
+    sampled with --precision auto. More minutes buy more data (up to 4x), training and test
+    fields (up to 96). CUDA: the notes' 64x128 slim models, on the plan's shares.
+
+    The conditional model is sized for the arithmetic the CPU has (`bf16`: whether it computes
+    bf16 natively, `runtime.bf16_native` by default). With AVX512-BF16 or AMX it is 3.85 M
+    parameters ([32, 64, 128], 2 ResBlocks per level, 158 GFLOP per training step of 32). In fp32
+    (AVX2 only) the same model runs at the core's peak arithmetic and still takes 1.7 s a step,
+    four times as long; 15 minutes then buy 3 epochs, and the model lost to kriging at random 90 %
+    hidden (MSE ratio 1.59). So there it is 0.97 M ([16, 32, 64], 40 GFLOP), the smallest of three
+    trained for the same ~6 minutes on 2 AVX2 cores, and the best: 13 epochs reached 0.80 / 0.53 /
+    0.74 on random masks and 0.82 / 0.85 / 0.96 along tracks at 90 / 95 / 99 % hidden, where
+    [24, 48, 96] with 1 ResBlock per level (57 GFLOP) gave 0.83 / 0.56 / 0.75 and 0.84 / 0.87 /
+    0.97, [16, 32, 64, 128] (54 GFLOP) 0.90 / 0.59 / 0.75 and 0.86 / 0.87 / 0.97, and 3 epochs of
+    the bf16 plan's model 1.59 / 0.91 / 0.84 and 0.99 / 0.97 / 0.98.
 
     The conditional model draws 10 members of 10 DPM-Solver++ steps and its mean comes from the
     sampling step chosen on validation fields (fieldpaint.mean_step): on the demo's model that mean
@@ -88,10 +118,19 @@ def make_plan(minutes: float, device: torch.device, quick: bool = False) -> Demo
                         ModelPlan("palette_slim", (32, 64, 128, 128), 32, minutes * 0.4, "conditional-dpm", 10, 32),
                         ModelPlan("standard_attn_slim", (32, 64, 128, 128), 32, minutes * 0.3, "mmps", 50, 8, 10),
                         min(200, round(50 * scale)), COVERAGES, FAMILIES)
-    return DemoPlan(32, 64, round(1600 * min(scale, 4.0)), 160, 32, 1000,
-                    ModelPlan("palette_slim", (32, 64, 128), 8, minutes * 0.47, "conditional-dpm", 10, 10),
-                    ModelPlan("standard_attn_slim", (16, 32, 64), 8, minutes * 0.09, "mmps", 20, 3, 3),
-                    min(96, round(24 * math.sqrt(scale))), COVERAGES, FAMILIES)
+    if bf16 is None:
+        from fieldpaint.runtime import bf16_native
+
+        bf16 = bf16_native(device)[0]
+    unconditional = ModelPlan("standard_attn_slim", (16, 32, 64), 8, minutes * 0.09, "mmps", 20, 3, 3)
+    fields = min(96, round(24 * math.sqrt(scale)))
+    if bf16:
+        return DemoPlan(32, 64, round(1600 * min(scale, 4.0)), 160, 32, 1000,
+                        ModelPlan("palette_slim", (32, 64, 128), 8, minutes * 0.47, "conditional-dpm", 10, 10),
+                        unconditional, fields, COVERAGES, FAMILIES, EVAL_STEPS_PER_FIELD)
+    return DemoPlan(32, 64, round(FP32_TRAIN_SNAPSHOTS * min(scale, 4.0)), 160, 32, 1000,
+                    ModelPlan("palette_slim", (16, 32, 64), 8, minutes * 0.47, "conditional-dpm", 10, 10),
+                    unconditional, fields, COVERAGES, FAMILIES, FP32_EVAL_STEPS_PER_FIELD)
 
 
 # Conditional training masks for the demo's question (random and along-track masks, 90-99 % hidden):
@@ -115,6 +154,7 @@ def demo_config(plan: DemoPlan, model: ModelPlan, data_path: Path, epochs: int, 
     values["name"] = f"demo_{model.preset}"
     values["data"].update(path=str(data_path), variables=["u", "v"], height=plan.height, width=plan.width)
     values["model"].update(channels=list(model.channels), norm_groups=model.norm_groups,
+                           num_res_blocks=model.num_res_blocks,
                            attention_levels=["bottleneck"], dropout=0.0)
     if values["model"]["conditioning"] != "none":
         values["masks"].update(DEMO_MASKS)
@@ -132,35 +172,38 @@ def demo_config(plan: DemoPlan, model: ModelPlan, data_path: Path, epochs: int, 
 
 EPOCH_OVERHEAD_S = 1.0  # checkpoints, metrics and progress bars per epoch
 MAX_EPOCHS = 200
-# The evaluation's cost per test field, in conditional training steps of the probe (CPU). Measured
-# on the default demo (24 test and 12 validation fields, every method): 265 and 349 s at a probe of
-# 0.44 s per step, 374 s at 0.59 s (25.1, 33.0, 26.4 steps per field); on --minutes 60 (48 + 24
-# fields) 26.5. The median: the spread is the machine's speed drifting between probe and evaluation.
-EVAL_STEPS_PER_FIELD = 26.5
 # Of the whole budget: probes, checkpoints, figures, the report and the machine's drift (a slow-hour
 # run with 3 % ended 6 s over 15 minutes).
 BUDGET_MARGIN = 0.05
 
 
-def conditional_seconds(budget_s: float, elapsed_s: float, step_s: float, eval_fields: int) -> float:
+def conditional_seconds(budget_s: float, elapsed_s: float, step_s: float, eval_fields: int,
+                        eval_steps_per_field: float = EVAL_STEPS_PER_FIELD) -> float:
     """The conditional model's training seconds on a CPU: the whole budget less its margin, the
     stages already run (`elapsed_s`: data, the unconditional model) and the evaluation's estimate
-    (EVAL_STEPS_PER_FIELD steps of `step_s` per test field). Longer budgets spend everything the
+    (`eval_steps_per_field` steps of `step_s` per test field). Longer budgets spend everything the
     fixed stages leave here; a slower machine trains fewer epochs rather than finishing late."""
-    return budget_s * (1 - BUDGET_MARGIN) - elapsed_s - EVAL_STEPS_PER_FIELD * step_s * eval_fields
+    return budget_s * (1 - BUDGET_MARGIN) - elapsed_s - eval_steps_per_field * step_s * eval_fields
 
 
-def epochs_for_budget(seconds: float, step_seconds: float, steps_per_epoch: int, eval_batches: int) -> int:
-    """Whole epochs that fit the budget; an epoch is its steps, an evaluation (~1/3 step per batch)
-    and a fixed overhead."""
-    per_epoch = steps_per_epoch * step_seconds + eval_batches * step_seconds / 3 + EPOCH_OVERHEAD_S
-    return int(min(MAX_EPOCHS, max(2, seconds / per_epoch)))
+MIN_EPOCHS = 2  # a run shorter than this has no LR decay worth the name; a slow machine runs late instead
 
 
-def step_from_epoch(epoch_seconds: float, steps_per_epoch: int, eval_batches: int) -> float:
+def epochs_for_budget(seconds: float, step_seconds: float, steps_per_epoch: int, eval_batches: int,
+                      minimum: int = MIN_EPOCHS) -> int:
+    """Whole epochs of `epoch_seconds` that fit the budget (at least `minimum`)."""
+    return int(min(MAX_EPOCHS, max(minimum, seconds / epoch_seconds(step_seconds, steps_per_epoch, eval_batches))))
+
+
+def epoch_seconds(step_seconds: float, steps_per_epoch: int, eval_batches: int) -> float:
+    """The epoch model: the steps, an evaluation of ~1/3 step per batch and a fixed overhead."""
+    return steps_per_epoch * step_seconds + eval_batches * step_seconds / 3 + EPOCH_OVERHEAD_S
+
+
+def step_from_epoch(measured_s: float, steps_per_epoch: int, eval_batches: int) -> float:
     """Seconds per training step implied by a measured epoch (its steps and evaluation): the
-    inverse of `epochs_for_budget`'s epoch model, whose fixed overhead the epoch had not yet paid."""
-    return epoch_seconds / (steps_per_epoch + eval_batches / 3)
+    inverse of `epoch_seconds`, whose fixed overhead the epoch had not yet paid."""
+    return measured_s / (steps_per_epoch + eval_batches / 3)
 
 
 def _finished(run_dir: Path) -> bool:
@@ -200,16 +243,29 @@ def train_stage(plan: DemoPlan, model: ModelPlan, data_path: Path, run_dir: Path
     seconds = model.minutes * 60 if seconds_for is None else seconds_for(step)
     epochs = epochs_for_budget(seconds, step, steps_per_epoch, eval_batches)
     config = demo_config(plan, model, data_path, epochs, steps_per_epoch, str(device))
+    per_epoch = epoch_seconds(step, steps_per_epoch, eval_batches)
     tqdm.write(f"[demo] {model.preset} {list(model.channels)}: {step:.2f} s per step of {plan.batch_size} -> "
-               f"{epochs} epochs in about {seconds / 60:.1f} min")
+               f"{epochs} epochs in about {epochs * per_epoch / 60:.1f} min")
+    if epochs * per_epoch > seconds + per_epoch:
+        tqdm.write(f"[demo] this machine leaves {max(0.0, seconds) / 60:.1f} min for this model after the other "
+                   f"stages: it trains the minimum {epochs} epochs and the demo runs late")
 
     def replan(first_epoch_s: float) -> Config:
         measured = step_from_epoch(first_epoch_s, steps_per_epoch, eval_batches)
-        later = epochs_for_budget(seconds_for(measured), measured, steps_per_epoch, eval_batches)
+        # The epochs after the first: none when the budget is spent (the minimum is for the whole run).
+        later = epochs_for_budget(seconds_for(measured), measured, steps_per_epoch, eval_batches, minimum=0)
         tqdm.write(f"[demo] the first epoch ran at {measured:.2f} s per step")
-        return demo_config(plan, model, data_path, min(MAX_EPOCHS, 1 + later), steps_per_epoch, str(device))
+        return demo_config(plan, model, data_path, min(MAX_EPOCHS, max(MIN_EPOCHS, 1 + later)), steps_per_epoch,
+                           str(device))
 
     train(config, run_dir, progress=progress, replan=None if seconds_for is None else replan)
+
+
+def _arithmetic(device: torch.device) -> str:
+    from fieldpaint.runtime import bf16_native
+
+    native, why = bf16_native(device)
+    return f"{'bf16' if native else 'fp32'} ({why})"
 
 
 class _Clock:
@@ -253,7 +309,7 @@ def run_demo(out: Path, *, minutes: float = 15.0, device_name: str = "auto", qui
     clock.say("trained the unconditional model")
 
     def conditional_budget(step: float) -> float:
-        return conditional_seconds(minutes * 60, clock.elapsed(), step, plan.eval_fields)
+        return conditional_seconds(minutes * 60, clock.elapsed(), step, plan.eval_fields, plan.eval_steps_per_field)
 
     # CUDA and --quick keep the plan's minutes: the evaluation's CPU calibration does not hold there
     adaptive = device.type == "cpu" and not quick
@@ -270,6 +326,9 @@ def run_demo(out: Path, *, minutes: float = 15.0, device_name: str = "auto", qui
                          "channel fitted on training fields around the training-mean field, torus distances; "
                          "both predict from the 64 nearest observations",
               "device": str(device), "written": datetime.datetime.now().isoformat(timespec="seconds")}
+    if device.type == "cpu" and not quick:
+        header["conditional model"] = (f"{list(plan.conditional.channels)}, {plan.conditional.num_res_blocks} "
+                                       f"ResBlock(s) per level, sized for {_arithmetic(device)}")
     if plan.unconditional.cg_iterations:
         header["MMPS CG iterations per step"] = plan.unconditional.cg_iterations
     # The per-field GP's hyperparameters come from at most 500 random observations of each field (its

@@ -100,6 +100,22 @@ def test_the_first_epoch_replans_the_conditional_model(tmp_path, monkeypatch):
     assert new.train.ema_decay > planned.train.ema_decay  # the EMA horizon follows the longer run
 
 
+def test_a_spent_budget_replans_no_epochs_beyond_the_minimum(tmp_path, monkeypatch):
+    """When the evaluation's estimate leaves no training time, the plan is the minimum and the
+    first epoch's re-plan adds none (it once added the minimum again, 3 epochs where 2 were due)."""
+    import fieldpaint.steptimes as S
+    import fieldpaint.train as T
+    from fieldpaint.demo import MIN_EPOCHS, make_plan, train_stage
+
+    plan, calls = make_plan(15, torch.device("cpu")), {}
+    monkeypatch.setattr(S, "time_train_steps", lambda config, device: 1.7)
+    monkeypatch.setattr(T, "train", lambda config, run_dir, progress, replan: calls.update(config=config, replan=replan))
+    train_stage(plan, plan.conditional, tmp_path / "data.nc", tmp_path / "run", torch.device("cpu"), False,
+                seconds_for=lambda step: -440.0)  # what a 1.7 s step left in a measured 15-minute run
+    assert calls["config"].train.epochs == MIN_EPOCHS == 2
+    assert calls["replan"](2.0 * 52).train.epochs == MIN_EPOCHS
+
+
 def test_without_a_budget_the_plan_is_not_replanned(tmp_path, monkeypatch):
     import fieldpaint.steptimes as S
     import fieldpaint.train as T
@@ -110,3 +126,37 @@ def test_without_a_budget_the_plan_is_not_replanned(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "train", lambda config, run_dir, progress, replan: calls.update(replan=replan))
     train_stage(plan, plan.unconditional, tmp_path / "data.nc", tmp_path / "run", torch.device("cpu"), False)
     assert calls["replan"] is None
+
+
+def _training_flops(config) -> int:
+    """Multiply-adds x 2 of one forward and backward of a single field, as torch counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fieldpaint.train import build_training_model
+
+    model = build_training_model(config, torch.device("cpu"), None).train()
+    h, w = config.data.height, config.data.width
+    x, cond, t = torch.randn(1, 2, h, w), torch.randn(1, 3, h, w), torch.tensor([500])
+    with FlopCounterMode(display=False) as counter:
+        model(x, t, cond=cond).square().mean().backward()
+    return counter.get_total_flops()
+
+
+def test_without_native_bf16_the_conditional_model_is_sized_for_fp32(tmp_path, monkeypatch):
+    """A CPU without AVX512-BF16 or AMX runs the bf16 plan's model at its peak fp32 arithmetic and
+    still 4x slower (1.7 s a step on 2 AVX2 cores, against 0.40 in bf16 on AMX), so its plan trains
+    a model of at most 30 % of the multiply-adds per step (measured: 40 of 158 GFLOP): its 0.51 s
+    step is then within 1.3x of the bf16 plan's. The plan follows runtime.bf16_native unless told."""
+    import fieldpaint.runtime as R
+    from fieldpaint.demo import demo_config, make_plan
+
+    cpu = torch.device("cpu")
+    fp32, bf16 = make_plan(15, cpu, bf16=False), make_plan(15, cpu, bf16=True)
+    small, large = (demo_config(p, p.conditional, tmp_path / "d.nc", 10, 50, "cpu") for p in (fp32, bf16))
+    assert (small.model.channels, small.model.num_res_blocks) == ((16, 32, 64), 2)
+    assert (large.model.channels, large.model.num_res_blocks) == ((32, 64, 128), 2)
+    assert _training_flops(small) <= 0.3 * _training_flops(large)
+    assert fp32.unconditional == bf16.unconditional and fp32.eval_fields == bf16.eval_fields == 24
+    for native in (False, True):
+        monkeypatch.setattr(R, "bf16_native", lambda device, native=native: (native, "told"))
+        assert make_plan(15, cpu) == (bf16 if native else fp32)
