@@ -38,7 +38,6 @@ EVAL_STEPS_PER_FIELD = 26.5
 # probe, MMPS 169 s, kriging fits and the per-field GP ~110 s, 24 test fields): ~32 steps per field.
 # Estimated from those parts; no whole fp32 demo has measured it yet.
 FP32_EVAL_STEPS_PER_FIELD = 32.0
-FP32_TRAIN_SNAPSHOTS = 1600
 
 
 @dataclass(frozen=True)
@@ -122,15 +121,11 @@ def make_plan(minutes: float, device: torch.device, quick: bool = False, bf16: b
         from fieldpaint.runtime import bf16_native
 
         bf16 = bf16_native(device)[0]
-    unconditional = ModelPlan("standard_attn_slim", (16, 32, 64), 8, minutes * 0.09, "mmps", 20, 3, 3)
-    fields = min(96, round(24 * math.sqrt(scale)))
-    if bf16:
-        return DemoPlan(32, 64, round(1600 * min(scale, 4.0)), 160, 32, 1000,
-                        ModelPlan("palette_slim", (32, 64, 128), 8, minutes * 0.47, "conditional-dpm", 10, 10),
-                        unconditional, fields, COVERAGES, FAMILIES, EVAL_STEPS_PER_FIELD)
-    return DemoPlan(32, 64, round(FP32_TRAIN_SNAPSHOTS * min(scale, 4.0)), 160, 32, 1000,
-                    ModelPlan("palette_slim", (16, 32, 64), 8, minutes * 0.47, "conditional-dpm", 10, 10),
-                    unconditional, fields, COVERAGES, FAMILIES, FP32_EVAL_STEPS_PER_FIELD)
+    widths, eval_steps = ((32, 64, 128), EVAL_STEPS_PER_FIELD) if bf16 else ((16, 32, 64), FP32_EVAL_STEPS_PER_FIELD)
+    return DemoPlan(32, 64, round(1600 * min(scale, 4.0)), 160, 32, 1000,
+                    ModelPlan("palette_slim", widths, 8, minutes * 0.47, "conditional-dpm", 10, 10),
+                    ModelPlan("standard_attn_slim", (16, 32, 64), 8, minutes * 0.09, "mmps", 20, 3, 3),
+                    min(96, round(24 * math.sqrt(scale))), COVERAGES, FAMILIES, eval_steps)
 
 
 # Conditional training masks for the demo's question (random and along-track masks, 90-99 % hidden):

@@ -100,7 +100,7 @@ def test_the_first_epoch_replans_the_conditional_model(tmp_path, monkeypatch):
     assert new.train.ema_decay > planned.train.ema_decay  # the EMA horizon follows the longer run
 
 
-def test_a_spent_budget_replans_no_epochs_beyond_the_minimum(tmp_path, monkeypatch):
+def test_a_spent_budget_replans_no_epochs_beyond_the_minimum(tmp_path, monkeypatch, capsys):
     """When the evaluation's estimate leaves no training time, the plan is the minimum and the
     first epoch's re-plan adds none (it once added the minimum again, 3 epochs where 2 were due)."""
     import fieldpaint.steptimes as S
@@ -112,6 +112,7 @@ def test_a_spent_budget_replans_no_epochs_beyond_the_minimum(tmp_path, monkeypat
     monkeypatch.setattr(T, "train", lambda config, run_dir, progress, replan: calls.update(config=config, replan=replan))
     train_stage(plan, plan.conditional, tmp_path / "data.nc", tmp_path / "run", torch.device("cpu"), False,
                 seconds_for=lambda step: -440.0)  # what a 1.7 s step left in a measured 15-minute run
+    assert "trains the minimum 2 epochs and the demo runs late" in capsys.readouterr().out
     assert calls["config"].train.epochs == MIN_EPOCHS == 2
     assert calls["replan"](2.0 * 52).train.epochs == MIN_EPOCHS
 
