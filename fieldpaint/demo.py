@@ -27,19 +27,6 @@ from fieldpaint.config import Config, from_dict, load_config, to_dict
 from fieldpaint.errors import FieldpaintError
 
 
-# The evaluation's cost per test field, in conditional training steps of the probe, on a CPU with
-# native bf16. Measured on the default demo (24 test and 12 validation fields, every method): 265
-# and 349 s at a probe of 0.44 s per step, 374 s at 0.59 s (25.1, 33.0, 26.4 steps per field); on
-# --minutes 60 (48 + 24 fields) 26.5. The median: the spread is the machine's speed drifting
-# between probe and evaluation.
-EVAL_STEPS_PER_FIELD = 26.5
-# The same on a CPU without native bf16 (2 AVX2 cores), for that plan's lighter conditional model:
-# the sum of the stages measured there (conditional test and validation fields ~117 s at a 0.51 s
-# probe, MMPS 169 s, kriging fits and the per-field GP ~110 s, 24 test fields): ~32 steps per field.
-# Estimated from those parts; no whole fp32 demo has measured it yet.
-FP32_EVAL_STEPS_PER_FIELD = 32.0
-
-
 @dataclass(frozen=True)
 class ModelPlan:
     """One model of the demo: its preset, widths, training minutes and the sampler it is shown with
@@ -54,6 +41,37 @@ class ModelPlan:
     samples: int
     cg_iterations: int | None = None
     num_res_blocks: int = 2
+
+
+@dataclass(frozen=True)
+class CpuSizing:
+    """What a CPU plan sizes by its arithmetic: the conditional model's widths, the training snapshots
+    of a 15-minute run, the batch, the conditional model's members per field, the unconditional
+    model's share of the minutes, MMPS's steps and members, and the evaluation's cost per test field in conditional training steps of the probe
+    (what `conditional_seconds` holds back for it)."""
+
+    widths: tuple[int, ...]
+    n_train: int
+    batch_size: int
+    conditional_members: int
+    unconditional_share: float
+    mmps_steps: int
+    mmps_members: int
+    eval_steps_per_field: float
+
+
+# Native bf16 (AVX512-BF16 or AMX). Evaluation cost measured on the default demo (24 test and 12
+# validation fields, every method): 265 and 349 s at a probe of 0.44 s per step, 374 s at 0.59 s
+# (25.1, 33.0, 26.4 steps per field); on --minutes 60 (48 + 24 fields) 26.5. The median: the spread
+# is the machine's speed drifting between probe and evaluation.
+BF16_CPU = CpuSizing((32, 64, 128), 1600, 32, 10, 0.09, 20, 3, 26.5)
+# fp32 (2 cores without native bf16; see make_plan). On 2 AVX512 cores (Xeon, no BF16) the default
+# demo's evaluation took 374 s with 10 conditional members at a step of 0.41 s (38 steps per
+# field), and 299 s with 6 at the run's mean pace of 0.40 s (31): with per-field GP fits 40 s,
+# the dataset kernel's fit 50 s, MMPS 77 s, the conditional model 57 s on test and ~30 s on
+# validation fields.
+FP32_CPU = CpuSizing((16, 32, 64), 800, 16, 6, 0.06, 10, 2, 32.0)
+EVAL_STEPS_PER_FIELD = BF16_CPU.eval_steps_per_field
 
 
 @dataclass(frozen=True)
@@ -81,31 +99,38 @@ FAMILIES = ("random", "tracks")
 
 
 def make_plan(minutes: float, device: torch.device, quick: bool = False, bf16: bool | None = None) -> DemoPlan:
-    """CPU: 32x64 fields; the unconditional model (1 M parameters, [16, 32, 64]) gets 9 % of the
-    budget and the conditional one what data (~1 min), the unconditional model and the
-    evaluation's estimate leave (`conditional_seconds`: 42 % in a 15-minute run at a slow hour,
-    55 % at 60 minutes; the plan's 47 % is only the nominal share). The evaluation draws 10
-    members of the conditional model on the test and the validation fields and 3 of MMPS, both
-    sampled with --precision auto. More minutes buy more data (up to 4x), training and test
-    fields (up to 96). CUDA: the notes' 64x128 slim models, on the plan's shares.
+    """CPU: 32x64 fields; the unconditional model (1 M parameters, [16, 32, 64]) gets a small share
+    of the budget (9 %, 6 % in fp32) and the conditional one what data (1-3 min), the unconditional
+    model and the evaluation's estimate leave (`conditional_seconds`: 42 % in a 15-minute run at a
+    slow hour, 55 % at 60 minutes; the plan's 47 % is only the nominal share). The evaluation
+    draws the conditional model's members on the test and the validation fields and MMPS's on the
+    test fields, both sampled with --precision auto. More minutes buy more data (up to 4x),
+    training and test fields (up to 96). CUDA: the notes' 64x128 slim models, on the plan's shares.
 
-    The conditional model is sized for the arithmetic the CPU has (`bf16`: whether it computes
-    bf16 natively, `runtime.bf16_native` by default). With AVX512-BF16 or AMX it is 3.85 M
-    parameters ([32, 64, 128], 2 ResBlocks per level, 158 GFLOP per training step of 32). In fp32
-    (AVX2 only) the same model runs at the core's peak arithmetic and still takes 1.7 s a step,
-    four times as long; 15 minutes then buy 3 epochs, and the model lost to kriging at random 90 %
-    hidden (MSE ratio 1.59). So there it is 0.97 M ([16, 32, 64], 40 GFLOP), the smallest of three
-    trained for the same ~6 minutes on 2 AVX2 cores, and the best: 13 epochs reached 0.80 / 0.53 /
-    0.74 on random masks and 0.82 / 0.85 / 0.96 along tracks at 90 / 95 / 99 % hidden, where
-    [24, 48, 96] with 1 ResBlock per level (57 GFLOP) gave 0.83 / 0.56 / 0.75 and 0.84 / 0.87 /
-    0.97, [16, 32, 64, 128] (54 GFLOP) 0.90 / 0.59 / 0.75 and 0.86 / 0.87 / 0.97, and 3 epochs of
-    the bf16 plan's model 1.59 / 0.91 / 0.84 and 0.99 / 0.97 / 0.98.
+    The plan is sized for the arithmetic the CPU has (`bf16`: whether it computes bf16 natively,
+    `runtime.bf16_native` by default; BF16_CPU and FP32_CPU). With AVX512-BF16 or AMX the
+    conditional model is 3.85 M parameters ([32, 64, 128], 2 ResBlocks per level, 158 GFLOP per
+    training step of 32) on 1,600 snapshots. In fp32 (AVX2 only) the same model runs at the core's
+    peak arithmetic and still takes 1.7 s a step, four times as long; 15 minutes then buy 3 epochs,
+    and the model lost to kriging at random 90 % hidden (MSE ratio 1.59). So there it is 0.97 M
+    ([16, 32, 64], 40 GFLOP), the smallest of three trained for the same ~6 minutes on 2 AVX2
+    cores, and the best: 13 epochs reached 0.80 / 0.53 / 0.74 on random masks and 0.82 / 0.85 /
+    0.96 along tracks at 90 / 95 / 99 % hidden, where [24, 48, 96] with 1 ResBlock per level (57
+    GFLOP) gave 0.83 / 0.56 / 0.75 and 0.84 / 0.87 / 0.97, [16, 32, 64, 128] (54 GFLOP) 0.90 /
+    0.59 / 0.75 and 0.86 / 0.87 / 0.97, and 3 epochs of the bf16 plan's model 1.59 / 0.91 / 0.84
+    and 0.99 / 0.97 / 0.98. Batch 16 learned more in the same time (random 0.65 / 0.48 / 0.74),
+    and 800 snapshots as much as 1,600 at the same steps. Even so, a whole fp32 demo with 1,600
+    snapshots and the bf16 plan's evaluation (10 members, MMPS 3 x 20 steps) took 15.7 minutes on 2
+    AVX512 cores and left the conditional model 2 epochs (random 90 % hidden 2.38, worse): data
+    188 s, evaluation 577 s. The fp32 plan therefore halves the data (60-95 s), takes 6 members
+    of the conditional model and MMPS 2 of 10 steps; its demo trained 24 epochs of batch 16 and
+    reached random 0.69 / 0.51 / 0.76 and tracks 0.81 / 0.83 / 0.96.
 
-    The conditional model draws 10 members of 10 DPM-Solver++ steps and its mean comes from the
-    sampling step chosen on validation fields (fieldpaint.mean_step): on the demo's model that mean
-    scored the same with 10 members as with 14 (tracks at 90 / 95 / 99 % hidden, MSE over
-    kriging's: 0.79 / 0.84 / 0.96 both), where the members' own average needed many more (4 of 20
-    steps 0.96 / 1.04 / 1.18, 14 of 10 steps 0.80 / 0.89 / 1.06)."""
+    The conditional model draws 10 DPM-Solver++ steps and its mean comes from the sampling step
+    chosen on validation fields (fieldpaint.mean_step): on the bf16 demo's model that mean scored
+    the same with 10 members as with 14 (tracks at 90 / 95 / 99 % hidden, MSE over kriging's: 0.79
+    / 0.84 / 0.96 both), where the members' own average needed many more (4 of 20 steps 0.96 /
+    1.04 / 1.18, 14 of 10 steps 0.80 / 0.89 / 1.06)."""
     if quick:  # a smoke test of every stage, whatever the budget
         return DemoPlan(16, 32, 96, 16, 16, 100,
                         ModelPlan("palette_slim", (8, 16), 4, 0.15, "conditional-dpm", 6, 3),
@@ -121,11 +146,12 @@ def make_plan(minutes: float, device: torch.device, quick: bool = False, bf16: b
         from fieldpaint.runtime import bf16_native
 
         bf16 = bf16_native(device)[0]
-    widths, eval_steps = ((32, 64, 128), EVAL_STEPS_PER_FIELD) if bf16 else ((16, 32, 64), FP32_EVAL_STEPS_PER_FIELD)
-    return DemoPlan(32, 64, round(1600 * min(scale, 4.0)), 160, 32, 1000,
-                    ModelPlan("palette_slim", widths, 8, minutes * 0.47, "conditional-dpm", 10, 10),
-                    ModelPlan("standard_attn_slim", (16, 32, 64), 8, minutes * 0.09, "mmps", 20, 3, 3),
-                    min(96, round(24 * math.sqrt(scale))), COVERAGES, FAMILIES, eval_steps)
+    cpu = BF16_CPU if bf16 else FP32_CPU
+    return DemoPlan(32, 64, round(cpu.n_train * min(scale, 4.0)), 160, cpu.batch_size, 1000,
+                    ModelPlan("palette_slim", cpu.widths, 8, minutes * 0.47, "conditional-dpm", 10, cpu.conditional_members),
+                    ModelPlan("standard_attn_slim", (16, 32, 64), 8, minutes * cpu.unconditional_share, "mmps",
+                              cpu.mmps_steps, cpu.mmps_members, 3),
+                    min(96, round(24 * math.sqrt(scale))), COVERAGES, FAMILIES, cpu.eval_steps_per_field)
 
 
 # Conditional training masks for the demo's question (random and along-track masks, 90-99 % hidden):
@@ -216,10 +242,12 @@ def train_stage(plan: DemoPlan, model: ModelPlan, data_path: Path, run_dir: Path
     """Train `model` into `run_dir` (or resume it, or skip it when done) for whole epochs within
     `seconds_for(step seconds)` (default: the plan's minutes), the step timed on this machine.
 
-    With `seconds_for`, the epochs are planned twice: from a probe of a few steps, and again after
-    the first epoch from its measured time (`train(replan=)`). The machine's speed drifts by
-    1.2x within minutes: a probe at 0.57 s per step once planned an epoch that then ran at 0.48 s,
-    leaving 11 of 60 minutes unspent."""
+    With `seconds_for`, the epochs are planned from a probe of a few steps and again after every
+    epoch from the run's pace so far (`train(replan=)`): either way in the first half of the run,
+    only shorter after it. The machine's speed drifts by 1.2x within minutes: a probe at 0.57 s
+    per step once planned an epoch that then ran at 0.48 s, leaving 11 of 60 minutes unspent; a
+    first epoch at 0.36 s planned 24 epochs that then ran at 0.42 s, and the demo ended 63 s late;
+    another first epoch ran at 0.70 s, the next at 0.46."""
     from fieldpaint.runfolder import prepare_run
     from fieldpaint.steptimes import time_train_steps
     from fieldpaint.train import train
@@ -245,13 +273,19 @@ def train_stage(plan: DemoPlan, model: ModelPlan, data_path: Path, run_dir: Path
         tqdm.write(f"[demo] this machine leaves {max(0.0, seconds) / 60:.1f} min for this model after the other "
                    f"stages: it trains the minimum {epochs} epochs and the demo runs late")
 
-    def replan(first_epoch_s: float) -> Config:
-        measured = step_from_epoch(first_epoch_s, steps_per_epoch, eval_batches)
-        # The epochs after the first: none when the budget is spent (the minimum is for the whole run).
+    planned = [epochs]
+
+    def replan(epochs_done: int, run_s: float) -> Config:
+        measured = step_from_epoch(run_s / epochs_done, steps_per_epoch, eval_batches)
+        # The epochs still to come: none when the budget is spent (the minimum is for the whole run).
         later = epochs_for_budget(seconds_for(measured), measured, steps_per_epoch, eval_batches, minimum=0)
-        tqdm.write(f"[demo] the first epoch ran at {measured:.2f} s per step")
-        return demo_config(plan, model, data_path, min(MAX_EPOCHS, max(MIN_EPOCHS, 1 + later)), steps_per_epoch,
-                           str(device))
+        total = min(MAX_EPOCHS, max(MIN_EPOCHS, epochs_done + later))
+        if epochs_done == 1:
+            tqdm.write(f"[demo] the first epoch ran at {measured:.2f} s per step")
+        if 2 * epochs_done > planned[-1]:  # past half the run only shorter: longer would raise a decayed LR
+            total = min(total, planned[-1])
+        planned.append(total)
+        return demo_config(plan, model, data_path, total, steps_per_epoch, str(device))
 
     train(config, run_dir, progress=progress, replan=None if seconds_for is None else replan)
 

@@ -16,7 +16,7 @@ A run folder survives a kill at any point:
   that config, and a new run may restart in it (`prepare_run`);
 - a resumed run rewrites `config.yaml` only after its first new checkpoint, and continues the
   config its last checkpoint was trained with (plus `--set` overrides); a new run re-planned after
-  its first epoch (`replan`) rewrites it before that epoch's checkpoint;
+  an epoch (`replan`) rewrites it before that epoch's checkpoint;
 - each epoch writes, in this order, its metrics row, `best` (if it improved) and `last`. `last`
   is the commit point: a kill before it is redone exactly by `--resume` (which drops later
   metrics rows, a torn final line included); `best` is never older than what `last` names, and
@@ -234,10 +234,11 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_op
     with a config but no checkpoint starts from scratch. reset_optimizer: on resume, always start
     the optimizer and LR schedule fresh. init_from: start a new run from a checkpoint's weights
     (the notes' retrain mode). stop_after_epoch: end after this epoch as if killed (for tests).
-    replan: for a budget in minutes (fieldpaint.demo). Called once, after the first epoch of a new
-    run, with that epoch's wall seconds (steps and evaluation); returns the config to finish with,
-    which may differ only in the REPLANNABLE train keys. The LR schedule, the EMA, config.yaml and
-    every checkpoint follow it, so a resume is exact. Single-process runs only.
+    replan: for a budget in minutes (fieldpaint.demo). Called after every epoch of a new run with
+    the epochs done and their wall seconds (steps and evaluations, summed); returns the config to
+    finish with, which may differ only in the REPLANNABLE train keys. The LR schedule, the EMA,
+    config.yaml and every checkpoint follow a change, so a resume is exact (a resumed run is not
+    re-planned). Single-process runs only.
     """
     run_dir = Path(run_dir)
     t = config.train
@@ -303,7 +304,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_op
     row: dict = {}
     try:
         epoch = start_epoch
-        while epoch < t.epochs:  # t.epochs may change once, by `replan`
+        run_seconds = 0.0  # this process's epochs, for `replan`
+        while epoch < t.epochs:  # t.epochs may change after any epoch, by `replan`
             net.train()
             started = time.perf_counter()
             running = torch.zeros((), dtype=_sum_dtype(runtime.device), device=runtime.device)
@@ -339,13 +341,15 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_op
                 log.log(row)
                 _say(runtime, f"epoch {epoch + 1:>3}  epoch_loss {epoch_loss:.4f}  train {train_loss:.4f}  "
                               f"test {test_loss:.4f}  lr {row['lr']:.2e}  ema {row['ema_decay']:.4f}  {seconds:.1f}s")
-                if replan is not None and ckpt is None and epoch == 0:
-                    config = replanned(config, replan(time.perf_counter() - started))
+                run_seconds += time.perf_counter() - started
+                new = config if replan is None or ckpt is not None else replanned(config, replan(epoch + 1, run_seconds))
+                if to_dict(new) != to_dict(config):
+                    config = new
                     t, signature = config.train, optimizer_signature(config.train, steps_per_epoch)
                     retarget_scheduler(scheduler, t, steps_per_epoch)
                     ema.decay, ema.warmup_steps = t.ema_decay, t.ema_warmup_steps
                     write_run_header(run_dir, config, info)  # before the checkpoint that commits it
-                    _say(runtime, f"  re-planned from this epoch's time: {t.epochs} epochs")
+                    _say(runtime, f"  re-planned from the pace of {epoch + 1} epoch(s): {t.epochs} epochs")
                 if row["overfitting"]:
                     _say(runtime, f"  test loss has not improved for {row['epochs_since_best']} epochs "
                                   f"(best {best[0]:.4f} at epoch {best[1]}): the model may be overfitting")

@@ -42,7 +42,7 @@ def test_demo_trains_the_conditional_model_on_the_masks_it_is_scored_on(tmp_path
 
     from fieldpaint.demo import DEMO_MASKS, demo_config, make_plan
 
-    plan = make_plan(15.0, torch.device("cpu"))
+    plan = make_plan(15.0, torch.device("cpu"), bf16=True)
     conditional = demo_config(plan, plan.conditional, tmp_path / "d.nc", 20, 50, "cpu")
     unconditional = demo_config(plan, plan.unconditional, tmp_path / "d.nc", 6, 50, "cpu")
     assert conditional.masks.coverage == tuple(DEMO_MASKS["coverage"]) == (0.85, 0.995)
@@ -94,10 +94,46 @@ def test_the_first_epoch_replans_the_conditional_model(tmp_path, monkeypatch):
     planned = calls["config"]
     assert planned.train.epochs == epochs_for_budget(budget, 0.6, spe, eval_batches)
     first_epoch = 0.4 * (spe + eval_batches / 3)  # the epoch ran at 0.4 s per step
-    new = calls["replan"](first_epoch)
+    new = calls["replan"](1, first_epoch)
     assert new.train.epochs == 1 + epochs_for_budget(budget, 0.4, spe, eval_batches) > planned.train.epochs
     assert T.replanned(planned, new) is new
     assert new.train.ema_decay > planned.train.ema_decay  # the EMA horizon follows the longer run
+
+
+def test_every_epoch_replans_and_past_half_the_run_only_shorter(tmp_path, monkeypatch):
+    """After each epoch the pace of the epochs so far (their mean) re-plans the rest. In the first
+    half of the run either way (a first epoch once ran at 0.70 s per step, the next at 0.46, and
+    the run kept the 4 epochs the first had planned); past half only shorter, since a longer plan
+    would raise an LR that has decayed along the last one. Measured: a first epoch at 0.36 s
+    planned 24 epochs, the rest ran at 0.42 s, and the demo ended 63 s late."""
+    import fieldpaint.steptimes as S
+    import fieldpaint.train as T
+    from fieldpaint.demo import epoch_seconds, epochs_for_budget, make_plan, train_stage
+
+    plan, calls, remaining = make_plan(15, torch.device("cpu")), {}, {"s": 500.0}
+    monkeypatch.setattr(S, "time_train_steps", lambda config, device: 0.4)
+    monkeypatch.setattr(T, "train", lambda config, run_dir, progress, replan: calls.update(replan=replan))
+    train_stage(plan, plan.conditional, tmp_path / "data.nc", tmp_path / "run", torch.device("cpu"), False,
+                seconds_for=lambda step: remaining["s"])
+    spe, eval_batches = plan.n_train // plan.batch_size, 6
+
+    def epoch(step):  # wall seconds of one epoch at `step` s per step (no fixed overhead)
+        return epoch_seconds(step, spe, eval_batches) - epoch_seconds(0.0, spe, eval_batches)
+
+    def replanned(done, steps, left):  # the re-plan after `done` epochs at these step seconds
+        remaining["s"] = left
+        return calls["replan"](done, sum(epoch(s) for s in steps)).train.epochs
+
+    def fits(done, step, left):
+        return done + epochs_for_budget(left, step, spe, eval_batches, minimum=0)
+
+    slow_start = replanned(1, [0.7], 500.0)
+    assert slow_start == fits(1, 0.7, 500.0) == 14
+    # epoch 2 of 14, in the first half: the faster pace (mean 0.5 s) buys the epochs it fits
+    assert replanned(2, [0.7, 0.3], 470.0) == fits(2, 0.5, 470.0) == 19 > slow_start
+    # epoch 12 of 19, past half: a slower pace shortens the run, a faster one does not lengthen it
+    assert replanned(12, [0.5] * 12, 100.0) == fits(12, 0.5, 100.0) == 15
+    assert replanned(12, [0.3] * 12, 200.0) == 15 < fits(12, 0.3, 200.0)
 
 
 def test_a_spent_budget_replans_no_epochs_beyond_the_minimum(tmp_path, monkeypatch, capsys):
@@ -114,7 +150,7 @@ def test_a_spent_budget_replans_no_epochs_beyond_the_minimum(tmp_path, monkeypat
                 seconds_for=lambda step: -440.0)  # what a 1.7 s step left in a measured 15-minute run
     assert "trains the minimum 2 epochs and the demo runs late" in capsys.readouterr().out
     assert calls["config"].train.epochs == MIN_EPOCHS == 2
-    assert calls["replan"](2.0 * 52).train.epochs == MIN_EPOCHS
+    assert calls["replan"](1, 2.0 * 52).train.epochs == MIN_EPOCHS
 
 
 def test_without_a_budget_the_plan_is_not_replanned(tmp_path, monkeypatch):
@@ -157,7 +193,18 @@ def test_without_native_bf16_the_conditional_model_is_sized_for_fp32(tmp_path, m
     assert (small.model.channels, small.model.num_res_blocks) == ((16, 32, 64), 2)
     assert (large.model.channels, large.model.num_res_blocks) == ((32, 64, 128), 2)
     assert _training_flops(small) <= 0.3 * _training_flops(large)
-    assert fp32.unconditional == bf16.unconditional and fp32.eval_fields == bf16.eval_fields == 24
+    assert fp32.eval_fields == bf16.eval_fields == 24
+    # The same unconditional model; on fp32 both samplers take half the steps per test field (members
+    # x steps: conditional 6 x 10 and MMPS 2 x 10 against 10 x 10 and 3 x 20), and the training
+    # data is halved (800 snapshots, generated in 60-95 s rather than 160-188 s).
+    assert (fp32.unconditional.preset, fp32.unconditional.channels) == (bf16.unconditional.preset,
+                                                                       bf16.unconditional.channels)
+
+    def sampling_steps(p):
+        return sum(m.samples * m.steps for m in (p.conditional, p.unconditional))
+
+    assert sampling_steps(fp32) == 0.5 * sampling_steps(bf16) == 80
+    assert (fp32.n_train, fp32.batch_size, bf16.n_train, bf16.batch_size) == (800, 16, 1600, 32)
     for native in (False, True):
         monkeypatch.setattr(R, "bf16_native", lambda device, native=native: (native, "told"))
         assert make_plan(15, cpu) == (bf16 if native else fp32)

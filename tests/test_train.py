@@ -267,20 +267,24 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
 def test_replan_after_the_first_epoch_finishes_the_new_plan_and_resumes_exactly(tiny_data, tmp_path):
     """train(replan=): a run planned for 2 epochs and re-planned to 4 after its first follows the
     4-epoch schedule from there (closed form of the cosine LR), records the new plan in config.yaml
-    and its checkpoints, and a kill after the re-plan resumes bit for bit."""
+    and its checkpoints, and a kill after the re-plan resumes bit for bit. replan is asked after
+    every epoch, with the epochs done and their summed wall seconds; the resumed run is not."""
     from fieldpaint.config import load_config
     from fieldpaint.train import prepare_run
 
     planned, target = tiny_config(tiny_data, epochs=2, ema_decay=0.9), tiny_config(tiny_data, epochs=4, ema_decay=0.95)
     seen = []
 
-    def replan(seconds):
-        seen.append(seconds)
+    def replan(epochs_done, seconds):
+        seen.append((epochs_done, seconds))
         return target
 
     train(planned, tmp_path / "whole", progress=False, replan=replan)
     rows = read_metrics(tmp_path / "whole")
-    assert len(seen) == 1 and seen[0] >= rows[0]["seconds"] > 0  # the epoch's steps and its evaluation
+    assert [done for done, _ in seen] == [1, 2, 3, 4]
+    for (done, seconds), before in zip(seen, [0.0] + [s for _, s in seen]):
+        # the run's epochs so far, each its steps and its evaluation (the metrics' seconds are the steps)
+        assert seconds - before >= rows[done - 1]["seconds"] > 0
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     # 4 steps per epoch (32 fields, batch 8), warmup 4 steps, then cosine over 12 to 0 at step 16;
     # the 2-epoch plan would have reached 0 at step 8.
@@ -292,23 +296,36 @@ def test_replan_after_the_first_epoch_finishes_the_new_plan_and_resumes_exactly(
     assert load_config(str(tmp_path / "whole" / "config.yaml")).train.epochs == 4
     assert final_weights(tmp_path / "whole").config["train"]["epochs"] == 4
 
+    seen.clear()
     train(planned, tmp_path / "killed", progress=False, replan=replan, stop_after_epoch=2)
     resumed = prepare_run(resume=tmp_path / "killed").config
     assert resumed.train.epochs == 4 and resumed.train.ema_decay == 0.95
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an exact resume: no fresh-optimizer warning
-        train(resumed, tmp_path / "killed", progress=False, resume=True)
+        train(resumed, tmp_path / "killed", progress=False, resume=True, replan=replan)
+    assert [done for done, _ in seen] == [1, 2]  # the resumed epochs were not re-planned
     a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "killed")
     assert a.step == b.step == 16
     for key in a.model_state:
         assert torch.equal(a.model_state[key], b.model_state[key]), key
 
 
+def test_a_replan_that_shortens_the_run_ends_it_there(tiny_data, tmp_path):
+    """A re-plan to the epochs already done ends the run after them, the shorter plan recorded in
+    the last checkpoint's config."""
+    planned, short = tiny_config(tiny_data, epochs=4), tiny_config(tiny_data, epochs=2)
+    train(planned, tmp_path / "run", progress=False,
+          replan=lambda epochs_done, seconds: planned if epochs_done < 2 else short)
+    rows = read_metrics(tmp_path / "run")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert final_weights(tmp_path / "run").config["train"]["epochs"] == 2
+
+
 def test_replan_refuses_a_change_beyond_the_epochs(tiny_data, tmp_path):
     planned = tiny_config(tiny_data, epochs=2)
     other = from_dict({**to_dict(planned), "train": {**to_dict(planned)["train"], "lr": 1e-3}})
     with pytest.raises(ValueError, match="replan may change only train.epochs"):
-        train(planned, tmp_path / "run", progress=False, replan=lambda seconds: other)
+        train(planned, tmp_path / "run", progress=False, replan=lambda epochs_done, seconds: other)
 
 
 def test_time_train_steps_times_real_steps(tiny_data, monkeypatch):
