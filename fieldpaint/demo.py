@@ -47,8 +47,8 @@ class ModelPlan:
 class CpuSizing:
     """What a CPU plan sizes by its arithmetic: the conditional model's widths, the training snapshots
     of a 15-minute run, the batch, the conditional model's members per field, the unconditional
-    model's share of the minutes, MMPS's steps and members, and the evaluation's cost per test field in conditional training steps of the probe
-    (what `conditional_seconds` holds back for it)."""
+    model's share of the minutes, MMPS's steps and members, and the evaluation's cost per test
+    field in conditional training steps of the probe (what `conditional_seconds` holds back)."""
 
     widths: tuple[int, ...]
     n_train: int
@@ -123,8 +123,9 @@ def make_plan(minutes: float, device: torch.device, quick: bool = False, bf16: b
     snapshots and the bf16 plan's evaluation (10 members, MMPS 3 x 20 steps) took 15.7 minutes on 2
     AVX512 cores and left the conditional model 2 epochs (random 90 % hidden 2.38, worse): data
     188 s, evaluation 577 s. The fp32 plan therefore halves the data (60-95 s), takes 6 members
-    of the conditional model and MMPS 2 of 10 steps; its demo trained 24 epochs of batch 16 and
-    reached random 0.69 / 0.51 / 0.76 and tracks 0.81 / 0.83 / 0.96.
+    of the conditional model and MMPS 2 of 10 steps; its demo took 14.2 minutes, trained 17 epochs
+    of batch 16 and reached random 0.83 / 0.57 / 0.78 and tracks 0.84 / 0.86 / 0.97 (24 epochs
+    at a faster hour: 0.69 / 0.51 / 0.76 and 0.81 / 0.83 / 0.96, but 18 s past 15 minutes).
 
     The conditional model draws 10 DPM-Solver++ steps and its mean comes from the sampling step
     chosen on validation fields (fieldpaint.mean_step): on the bf16 demo's model that mean scored
