@@ -208,3 +208,60 @@ def test_without_native_bf16_the_conditional_model_is_sized_for_fp32(tmp_path, m
     for native in (False, True):
         monkeypatch.setattr(R, "bf16_native", lambda device, native=native: (native, "told"))
         assert make_plan(15, cpu) == (bf16 if native else fp32)
+
+
+def test_a_bf16_machine_too_slow_for_the_large_model_trains_the_small_one():
+    """BF16_CPU's model only where its budget buys LARGE_MIN_EPOCHS epochs. Measured at a slow hour on
+    2 AMX cores: data and the unconditional model 257 s, the large model's probe 0.77 s a step; the
+    budget then left 855 - 257 - 26.5 x 0.77 x 24 = 108 s, i.e. 2 epochs of 41 s, and the model lost
+    to kriging at random 90 % hidden. A normal hour (139 s, 0.40 s) leaves 21 epochs."""
+    from fieldpaint.demo import (BF16_CPU, LARGE_MIN_EPOCHS, SLOW_BF16_CPU, epoch_seconds, fit_to_pace,
+                                 make_plan)
+
+    plan = make_plan(15, torch.device("cpu"), bf16=True)
+    spe, eval_batches = 50, 6
+
+    def large_epochs(elapsed, step):  # closed form of the budget rule (conditional_seconds)
+        left = 900 * 0.95 - elapsed - BF16_CPU.eval_steps_per_field * step * 24
+        return int(left / epoch_seconds(step, spe, eval_batches))
+
+    assert (large_epochs(257, 0.77), large_epochs(139, 0.40)) == (2, 21)
+    assert fit_to_pace(plan, 15, 139, 0.40) == (plan, None)
+    slow, why = fit_to_pace(plan, 15, 257, 0.77)
+    assert why == "[16, 32, 64]: the [32, 64, 128] model ran at 0.77 s a step, which leaves it 2 epochs (fewer than 10)"
+    assert slow.conditional.channels == SLOW_BF16_CPU.widths == (16, 32, 64)
+    assert (slow.n_train, slow.batch_size, slow.eval_fields) == (plan.n_train, 16, plan.eval_fields)  # the data made
+    assert (slow.conditional.samples, slow.unconditional.samples, slow.unconditional.steps) == (6, 2, 10)
+    assert slow.eval_steps_per_field == SLOW_BF16_CPU.eval_steps_per_field
+    # The threshold itself: the slowest step that still buys LARGE_MIN_EPOCHS keeps the large model.
+    steps = [s / 1000 for s in range(300, 800)]
+    edge = max(s for s in steps if large_epochs(139, s) >= LARGE_MIN_EPOCHS)
+    assert fit_to_pace(plan, 15, 139, edge)[1] is None and fit_to_pace(plan, 15, 139, edge + 0.001)[1] is not None
+    # A conditional run already begun keeps its widths, whatever the pace now.
+    assert fit_to_pace(plan, 15, 0, None, (32, 64, 128)) == (plan, None)
+    assert fit_to_pace(plan, 15, 0, None, (16, 32, 64))[0] == slow
+
+
+def test_the_demo_evaluates_the_small_model_with_its_own_samplers(tmp_path, monkeypatch):
+    """run_demo hands the downsized plan to the conditional stage and to the evaluation (members,
+    MMPS steps) and says why in the report's header."""
+    import fieldpaint.demo as D
+    import fieldpaint.evaluate as E
+    import fieldpaint.runs as R
+    import fieldpaint.runtime as RT
+
+    out = tmp_path / "demo"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "kolmogorov.nc").write_bytes(b"")  # generated already: the stage is skipped
+    trained, evaluated = [], {}
+    monkeypatch.setattr(RT, "bf16_native", lambda device: (True, "told"))
+    monkeypatch.setattr(D, "_conditional_probe", lambda plan, run_dir, data_path, device: (5.0, None))
+    monkeypatch.setattr(D, "train_stage", lambda plan, model, *a, **k: trained.append((model, a[-1] if a else None)))
+    monkeypatch.setattr(R, "load_run", lambda run: run)
+    monkeypatch.setattr(E, "evaluate_and_report", lambda out, **k: evaluated.update(k) or out / "report.md")
+    D.run_demo(out, minutes=15, progress=False)
+    assert [m.channels for m, _ in trained] == [(16, 32, 64), (16, 32, 64)]  # unconditional, then the small conditional
+    assert trained[1][1] is None  # the large model's probe does not time the small one
+    assert evaluated["per_method"]["conditional-dpm"]["samples"] == 6
+    assert evaluated["per_method"]["mmps"] == {"steps": 10, "samples": 2, "cg_iterations": 3}
+    assert "the [32, 64, 128] model ran at 5.00 s a step" in evaluated["header"]["conditional model"]
