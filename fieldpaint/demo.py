@@ -91,7 +91,6 @@ def train_stage(plan: DemoPlan, model: ModelPlan, data_path: Path, run_dir: Path
     first epoch at 0.36 s planned 24 epochs that then ran at 0.42 s, and the demo ended 63 s late;
     another first epoch ran at 0.70 s, the next at 0.46."""
     from fieldpaint.runfolder import prepare_run
-    from fieldpaint.steptimes import time_train_steps
     from fieldpaint.train import train
 
     if _finished(run_dir):
@@ -102,8 +101,7 @@ def train_stage(plan: DemoPlan, model: ModelPlan, data_path: Path, run_dir: Path
         train(prepare_run(resume=run_dir).config, run_dir, resume=True, progress=progress)
         return
     steps_per_epoch = max(1, plan.n_train // plan.batch_size)
-    probe = demo_config(plan, model, data_path, 10, steps_per_epoch, str(device))
-    step = time_train_steps(probe, device) if probed_step is None else probed_step
+    step = probe_step(plan, model, data_path, device) if probed_step is None else probed_step
     eval_batches = epoch_eval_batches(plan)
     seconds = model.minutes * 60 if seconds_for is None else seconds_for(step)
     epochs = epochs_for_budget(seconds, step, steps_per_epoch, eval_batches)
@@ -145,10 +143,15 @@ def _conditional_probe(plan: DemoPlan, run_dir: Path, data_path: Path, device: t
     widths) for a run already begun."""
     if (run_dir / "config.yaml").exists():
         return None, tuple(load_config(str(run_dir / "config.yaml")).model.channels)
+    return probe_step(plan, plan.conditional, data_path, device), None
+
+
+def probe_step(plan: DemoPlan, model: ModelPlan, data_path: Path, device: torch.device) -> float:
+    """Seconds per training step of `model` as the plan trains it, timed on this machine."""
     from fieldpaint.steptimes import time_train_steps
 
     steps_per_epoch = max(1, plan.n_train // plan.batch_size)
-    return time_train_steps(demo_config(plan, plan.conditional, data_path, 10, steps_per_epoch, str(device)), device), None
+    return time_train_steps(demo_config(plan, model, data_path, 10, steps_per_epoch, str(device)), device)
 
 
 class _Clock:
