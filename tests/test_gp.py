@@ -154,6 +154,19 @@ def test_lml_gradient_matches_finite_differences(family: str, nu: float) -> None
                                rtol=1e-5, atol=1e-6)
 
 
+def test_gather_table_reads_each_rows_own_table() -> None:
+    """gather_table against its definition, table[which[j], idx[j]], element by element: with
+    `which` (rows sharing a table, in any order) and without it (row j reads table j)."""
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(5, 37, dtype=torch.float64, generator=g)
+    idx = torch.randint(0, 37, (4, 6, 6), generator=g)
+    which = torch.tensor([3, 0, 3, 4])
+    for rows, got in ((which, gp.gather_table(table, idx, which)), (torch.arange(4), gp.gather_table(table, idx))):
+        expected = torch.tensor([[[float(table[rows[j], idx[j, a, b]]) for b in range(6)] for a in range(6)]
+                                 for j in range(4)], dtype=torch.float64)
+        assert torch.equal(got, expected)
+
+
 def test_jitter_rescues_singular_matrices() -> None:
     points = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 2.0], [3.0, 1.0]], dtype=torch.float64)
     duplicated = gp.kernel_matrix(points, points, gp.Kernel("matern", 1.5, (2.0, 2.0)))
@@ -388,3 +401,10 @@ def test_dataset_mode_uses_one_kernel_for_every_field() -> None:
     expected = gp.gp_predict(test, mask, None, kernels, mean="fixed")
     torch.testing.assert_close(out.mean, expected[0])
     torch.testing.assert_close(out.std, expected[1])
+
+
+@pytest.mark.parametrize("restarts", [0, -1, 1.5, True])
+def test_restarts_below_one_are_a_one_line_error(restarts) -> None:
+    """Zero optimisation starts used to end in a traceback inside the fit (an empty max())."""
+    with pytest.raises(FieldpaintError, match="restarts"):
+        gp.GPReconstructor("dataset", restarts=restarts)

@@ -86,6 +86,9 @@ class GPReconstructor:
         if neighbors is not None and (isinstance(neighbors, bool) or not isinstance(neighbors, int)
                                       or neighbors < 1):
             raise FieldpaintError(f"neighbors must be None or an integer >= 1, got {neighbors!r}")
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+            raise FieldpaintError(f"restarts (the likelihood's optimisation starts) must be an integer >= 1, "
+                                  f"got {restarts!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise FieldpaintError(f"threads must be None or an integer >= 1, got {threads!r}")
         nus(family, nu)
