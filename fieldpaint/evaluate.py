@@ -194,7 +194,7 @@ def evaluate(methods: dict[str, Reconstructor], fields: FieldSplit, stats: Field
         if not todo:
             continue
         rows = run_group(todo, fields, stats, family, coverage, samples=samples, seed=seed, out=out,
-                         reference=reference)
+                         reference=reference if reference in todo else None)  # else its rows are done
         rows = [r for r in rows if (r["method"], family, round(coverage, 6)) not in finished]
         _append_rows(cases_path, rows)
     cases = pd.read_csv(cases_path)
@@ -259,11 +259,13 @@ def load_fields(runs: list, data_path: str | None, variables: list[str] | None, 
 
 def build_methods(names: list[str], runs: list, baseline_data, *, sampler: dict, gp: dict, seed: int = 0,
                   per_method: dict[str, dict] | None = None,
-                  candidates: tuple[str, ...] = REFERENCE_CANDIDATES) -> dict[str, Reconstructor]:
+                  candidates: tuple[str, ...] = REFERENCE_CANDIDATES,
+                  done: set[str] | tuple = ()) -> dict[str, Reconstructor]:
     """Reconstructors for `names`; a diffusion method once per run whose model fits it (labelled
     RUN:method when there are several runs). The reference's candidates always run. `per_method`:
     options of one method, its sampler's (steps, cg_iterations, ...) or the GP's, and `samples`,
-    its own member count instead of the evaluation's."""
+    its own member count instead of the evaluation's. A baseline in `done` (already scored) is
+    not built: building the dataset kriging fits its kernel."""
     from fieldpaint.api import on_model_grid
     from fieldpaint.reconstruct import FixedMembers, build_reconstructor, check_method, fits
 
@@ -272,6 +274,8 @@ def build_methods(names: list[str], runs: list, baseline_data, *, sampler: dict,
     for name in wanted:
         own = (per_method or {}).get(name, {})
         if check_method(name).needs == "data":
+            if name in done and name not in candidates:
+                continue
             methods[name] = build_reconstructor(name, data=baseline_data, gp={**gp, **own}, seed=seed)
             continue
         fitting = [run for run in runs if fits(name, run.conditional)]
@@ -293,14 +297,19 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
                         n: int = 100, samples: int = 8, seed: int = 0, sampler: dict | None = None,
                         gp: dict | None = None, per_method: dict[str, dict] | None = None,
                         reference: str = "auto", validation_fields: int = 16, mean_step: str | int = "auto",
-                        resume: bool = False, progress: bool = True, header: dict | None = None) -> Path:
+                        resume: bool = False, progress: bool = True, header: dict | None = None,
+                        report: bool = True) -> Path:
     """The whole evaluation into `out`: cases.csv, summary.*, reference.json, mean_step.json and
-    report.md; returns the report's path. `reference`: 'auto' (chosen per group on training fields) or
-    a method name. `mean_step`, for the conditional methods: 'auto' (chosen per group on the same
-    validation cases), 'members' (the members' average) or one sampling step for every group."""
+    report.md; returns the report's path (cases.csv's without `report`). `reference`: 'auto' (chosen
+    per group on training fields) or a method name. `mean_step`, for the conditional methods: 'auto'
+    (chosen per group on the same validation cases), 'members' (the members' average) or one
+    sampling step for every group. Resumed, it keeps the reference chosen before (reference.json)
+    and skips the kriging already scored in every group: methods can be added to an evaluation
+    without fitting its kriging again."""
     from fieldpaint.data.fields import periodic_axes
     from fieldpaint.reconstruct import BaselineData
-    from fieldpaint.reference import choose_references, split_validation
+    from fieldpaint.mean_step import mean_steps_for
+    from fieldpaint.reference import choose_references, resumed_references, split_validation
     from fieldpaint.report import write_report
 
     out = Path(out)
@@ -309,13 +318,18 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
     validation, fit_fields = split_validation(train, validation_fields, seed)
     baseline = BaselineData(stats, attrs, load_train=lambda: fit_fields,
                             periodic=periodic_axes(getattr(data, "periodic", "auto"), attrs))
+    chosen = resumed_references(out, families, coverages, len(validation)) if resume and reference == "auto" else None
     # With a named reference only it (and what was asked for) runs: the per-field candidate's fits
     # are most of the kriging time at 64x128 (benchmarks/gp.py times the dataset kernel alone).
+    # A resumed evaluation whose reference is chosen fits no kriging whose every group is scored.
     built = build_methods(methods, runs, baseline, sampler=sampler or {}, gp=gp or {}, seed=seed,
                           per_method=per_method,
-                          candidates=REFERENCE_CANDIDATES if reference == "auto" else (reference,))
+                          candidates=() if chosen else REFERENCE_CANDIDATES if reference == "auto" else (reference,),
+                          done=scored_methods(out, families, coverages) if chosen else ())
     steps = mean_steps_for(built, mean_step, validation, families, coverages, samples=samples, seed=seed)
-    if reference == "auto":
+    if chosen:
+        choices = chosen
+    elif reference == "auto":
         candidates = {k: built[k] for k in REFERENCE_CANDIDATES if k in built}
         choices = choose_references(candidates, validation, families, coverages, seed=seed)
     elif reference in built:
@@ -329,52 +343,19 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
                    "training fields")
     evaluate(built, fields, stats, families, coverages, out, samples=samples, seed=seed, resume=resume,
              progress=progress, references=choices, mean_steps=steps)
+    if not report:
+        return out / "cases.csv"
     return write_report(out, stats, [run.path for run in runs], dict(header or {}), reference=REFERENCE)
 
 
-def conditional_cores(methods: dict[str, Reconstructor]) -> dict[str, Reconstructor]:
-    """label -> the DiffusionReconstructor inside, for the conditional methods among `methods`."""
-    from fieldpaint.diffusion.reconstructor import CONDITIONAL
-    from fieldpaint.reconstruct import innermost
-
-    cores = {label: innermost(m) for label, m in methods.items()}
-    return {label: core for label, core in cores.items() if getattr(core, "method", None) in CONDITIONAL}
-
-
-def check_fixed_mean_step(methods: dict[str, Reconstructor], mean_step: str | int) -> None:
-    """A one-line error for a --mean-step that no evaluated method can take."""
-    from fieldpaint.diffusion.reconstructor import check_mean_step
-
-    if mean_step in ("auto", "members"):
-        return
-    if isinstance(mean_step, str):
-        raise FieldpaintError(f"mean step must be auto, members or a sampling step, got {mean_step!r}")
-    cores = conditional_cores(methods)
-    if not cores:
-        raise FieldpaintError(f"--mean-step {mean_step} applies to conditional methods (conditional, "
-                              "conditional-dpm), and none is evaluated")
-    for core in cores.values():
-        check_mean_step(mean_step, core.method, core.steps)
-
-
-def mean_steps_for(methods: dict[str, Reconstructor], mean_step: str | int, validation: FieldSplit,
-                   families: list[str], coverages: list[float], *, samples: int,
-                   seed: int) -> dict[tuple[str, float], dict[str, dict]]:
-    """Per group, the sampling step each conditional method's mean is taken from (see evaluate's
-    `mean_steps`): chosen on the validation cases ('auto'), the members' average ('members', an
-    empty choice) or one given step. A model whose grid is not the validation fields' keeps its
-    members' average under 'auto'."""
-    from fieldpaint.mean_step import choose_mean_steps
-    from fieldpaint.reconstruct import member_count
-
-    check_fixed_mean_step(methods, mean_step)
-    conditional = conditional_cores(methods)
-    if mean_step == "members" or not conditional:
-        return {}
-    if mean_step != "auto":
-        return {(f, c): {label: {"chosen": mean_step, "steps": core.steps} for label, core in conditional.items()}
-                for f in families for c in coverages}
-    grid = tuple(validation.x.shape[-2:])
-    chooseable = {label: (core, member_count(methods[label], samples)) for label, core in conditional.items()
-                  if (core.config.data.height, core.config.data.width) == grid}
-    return choose_mean_steps(chooseable, validation, families, coverages, seed=seed) if chooseable else {}
+def scored_methods(out: Path, families: list[str], coverages: list[float]) -> set[str]:
+    """Methods whose rows in out/cases.csv cover every (family, coverage)."""
+    path = out / "cases.csv"
+    if not path.exists():
+        return set()
+    cases = pd.read_csv(path, usecols=["method", "mask", "coverage"])
+    groups = {(f, round(c, 6)) for f in families for c in coverages}
+    held = {}
+    for method, family, coverage in cases.drop_duplicates().itertuples(index=False):
+        held.setdefault(method, set()).add((family, round(float(coverage), 6)))
+    return {m for m, g in held.items() if groups <= g}

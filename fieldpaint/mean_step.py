@@ -16,8 +16,10 @@ from __future__ import annotations
 import numpy as np
 
 from fieldpaint.data.fields import FieldSplit
+from fieldpaint.errors import FieldpaintError
 from fieldpaint.evaluate import draw_case_masks
 from fieldpaint.metrics import mse, scored_pixels
+from fieldpaint.reconstruct import Reconstructor
 from fieldpaint.reference import VALIDATION_SEED, geometric_mean
 
 
@@ -64,3 +66,50 @@ def choose_mean_steps(methods: dict[str, tuple[object, int]], validation: FieldS
                                 "fields": len(validation)}
             choices[(family, coverage)] = group
     return choices
+
+
+def conditional_cores(methods: dict[str, Reconstructor]) -> dict[str, Reconstructor]:
+    """label -> the DiffusionReconstructor inside, for the conditional methods among `methods`."""
+    from fieldpaint.diffusion.reconstructor import CONDITIONAL
+    from fieldpaint.reconstruct import innermost
+
+    cores = {label: innermost(m) for label, m in methods.items()}
+    return {label: core for label, core in cores.items() if getattr(core, "method", None) in CONDITIONAL}
+
+
+def check_fixed_mean_step(methods: dict[str, Reconstructor], mean_step: str | int) -> None:
+    """A one-line error for a --mean-step that no evaluated method can take."""
+    from fieldpaint.diffusion.reconstructor import check_mean_step
+
+    if mean_step in ("auto", "members"):
+        return
+    if isinstance(mean_step, str):
+        raise FieldpaintError(f"mean step must be auto, members or a sampling step, got {mean_step!r}")
+    cores = conditional_cores(methods)
+    if not cores:
+        raise FieldpaintError(f"--mean-step {mean_step} applies to conditional methods (conditional, "
+                              "conditional-dpm), and none is evaluated")
+    for core in cores.values():
+        check_mean_step(mean_step, core.method, core.steps)
+
+
+def mean_steps_for(methods: dict[str, Reconstructor], mean_step: str | int, validation: FieldSplit,
+                   families: list[str], coverages: list[float], *, samples: int,
+                   seed: int) -> dict[tuple[str, float], dict[str, dict]]:
+    """Per group, the sampling step each conditional method's mean is taken from (see evaluate's
+    `mean_steps`): chosen on the validation cases ('auto'), the members' average ('members', an
+    empty choice) or one given step. A model whose grid is not the validation fields' keeps its
+    members' average under 'auto'."""
+    from fieldpaint.reconstruct import member_count
+
+    check_fixed_mean_step(methods, mean_step)
+    conditional = conditional_cores(methods)
+    if mean_step == "members" or not conditional:
+        return {}
+    if mean_step != "auto":
+        return {(f, c): {label: {"chosen": mean_step, "steps": core.steps} for label, core in conditional.items()}
+                for f in families for c in coverages}
+    grid = tuple(validation.x.shape[-2:])
+    chooseable = {label: (core, member_count(methods[label], samples)) for label, core in conditional.items()
+                  if (core.config.data.height, core.config.data.width) == grid}
+    return choose_mean_steps(chooseable, validation, families, coverages, seed=seed) if chooseable else {}

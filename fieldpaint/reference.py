@@ -9,10 +9,13 @@ never take part in the choice. The validation fields are held out of the dataset
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from fieldpaint.data.fields import FieldSplit
-from fieldpaint.evaluate import draw_case_masks
+from fieldpaint.evaluate import REFERENCE_CANDIDATES, draw_case_masks
 from fieldpaint.metrics import mse, scored_pixels
 from fieldpaint.reconstruct import Reconstructor
 
@@ -64,4 +67,27 @@ def choose_references(candidates: dict[str, Reconstructor], validation: FieldSpl
             chosen = min(scores, key=lambda name: (scores[name], list(candidates).index(name)))
             choices[(family, coverage)] = {"chosen": chosen, "validation_gmean_mse": scores,
                                            "fields": len(validation)}
+    return choices
+
+
+def resumed_references(out: Path, families: list[str], coverages: list[float], fields: int
+                       ) -> dict[tuple[str, float], dict] | None:
+    """The reference choice an earlier run of this evaluation made (reference.json), when it chose
+    among every candidate for each of these groups on as many validation fields; else None. The
+    choice saw training fields only, so reusing it changes nothing but the time it took."""
+    path = out / "reference.json"
+    if not path.exists():
+        return None
+    try:
+        records = {(r["mask"], round(float(r["coverage"]), 6)): r for r in json.loads(path.read_text())}
+    except (ValueError, KeyError, TypeError):
+        return None
+    choices = {}
+    for family in families:
+        for coverage in coverages:
+            record = records.get((family, round(coverage, 6)))
+            if (record is None or record.get("fields") != fields
+                    or set(record.get("validation_gmean_mse", {})) != set(REFERENCE_CANDIDATES)):
+                return None
+            choices[(family, coverage)] = {k: record[k] for k in ("chosen", "validation_gmean_mse", "fields")}
     return choices

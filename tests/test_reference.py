@@ -88,3 +88,33 @@ def test_a_named_reference_runs_alone_beside_the_methods_asked_for(grf_file, tmp
     assert set(cases["method"]) == {"gp-dataset", "linear", "kriging"}
     (choice,) = json.loads((out / "reference.json").read_text())
     assert choice["chosen"] == "gp-dataset"
+
+
+def test_a_resumed_evaluation_adds_a_method_without_refitting_its_kriging(grf_file, tmp_path, monkeypatch):
+    """An evaluation resumed with one more method keeps the reference chosen before (reference.json),
+    fits no kriging whose every group is scored, and ends with the cases of the same evaluation run in
+    one go (the second implementation here)."""
+    import fieldpaint.baselines.gp.reconstructor as gp_reconstructor
+
+    options = dict(runs=[], data_path=str(grf_file), families=["random"], coverages=[0.95], n=3, samples=1,
+                   validation_fields=4, gp={"nu": 1.5, "restarts": 1}, progress=False)  # one start: fast
+    whole = tmp_path / "whole"
+    evaluate_and_report(whole, methods=["gp", "gp-dataset", "linear"], **options)
+    staged = tmp_path / "staged"
+    assert evaluate_and_report(staged, methods=["gp", "gp-dataset"], resume=True, report=False,
+                               **options) == staged / "cases.csv"
+    assert not (staged / "report.md").exists()
+    chosen = (staged / "reference.json").read_text()
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a kriging already scored was fitted again")
+
+    monkeypatch.setattr(gp_reconstructor, "fit_gp", no_fit)
+    monkeypatch.setattr(gp_reconstructor, "fit_dataset_gp", no_fit)
+    evaluate_and_report(staged, methods=["gp", "gp-dataset", "linear"], resume=True, **options)
+    assert (staged / "reference.json").read_text() == chosen
+    key = ["method", "mask", "coverage", "field"]
+    got = pd.read_csv(staged / "cases.csv").drop(columns="seconds").sort_values(key, ignore_index=True)
+    expected = pd.read_csv(whole / "cases.csv").drop(columns="seconds").sort_values(key, ignore_index=True)
+    pd.testing.assert_frame_equal(got, expected)
+    assert (staged / "report.md").exists()
