@@ -29,8 +29,7 @@ class ModelPlan:
 class CpuSizing:
     """What a CPU plan sizes by its arithmetic: the conditional model's widths, the training snapshots
     of a 15-minute run, the batch, the conditional model's members per field, the unconditional
-    model's share of the minutes, MMPS's steps and members, and the evaluation's cost per test
-    field in conditional training steps of the probe (what `conditional_seconds` holds back)."""
+    model's share of the minutes, and MMPS's steps and members."""
 
     widths: tuple[int, ...]
     n_train: int
@@ -39,27 +38,16 @@ class CpuSizing:
     unconditional_share: float
     mmps_steps: int
     mmps_members: int
-    eval_steps_per_field: float
 
 
-# Native bf16 (AVX512-BF16 or AMX). Evaluation cost measured on the default demo (24 test and 12
-# validation fields, every method): 265 and 349 s at a probe of 0.44 s per step, 374 s at 0.59 s
-# (25.1, 33.0, 26.4 steps per field); on --minutes 60 (48 + 24 fields) 26.5. The median: the spread
-# is the machine's speed drifting between probe and evaluation.
-BF16_CPU = CpuSizing((32, 64, 128), 1600, 32, 10, 0.09, 20, 3, 26.5)
-# fp32 (2 cores without native bf16; see make_plan). On 2 AVX512 cores (Xeon, no BF16) the default
-# demo's evaluation took 374 s with 10 conditional members at a step of 0.41 s (38 steps per
-# field), and 299 s with 6 at the run's mean pace of 0.40 s (31): with per-field GP fits 40 s,
-# the dataset kernel's fit 50 s, MMPS 77 s, the conditional model 57 s on test and ~30 s on
-# validation fields.
-FP32_CPU = CpuSizing((16, 32, 64), 800, 16, 6, 0.06, 10, 2, 32.0)
+# Native bf16 (AVX512-BF16 or AMX).
+BF16_CPU = CpuSizing((32, 64, 128), 1600, 32, 10, 0.09, 20, 3)
+# fp32 (2 cores without native bf16; see make_plan).
+FP32_CPU = CpuSizing((16, 32, 64), 800, 16, 6, 0.06, 10, 2)
 # The fp32 plan's models and samplers on a bf16 machine too slow for BF16_CPU's model (`fit_to_pace`),
-# on the data already generated. Its evaluation in steps of its bf16 probe, which is 3x faster than
-# the large model's (0.23-0.26 against 0.71-0.77 s on 2 AMX cores at a slow hour) where MMPS and
-# kriging are not: measured 249 s for 24 test and 12 validation fields at a probe of 0.26 s (40).
+# on the data already generated.
 SLOW_BF16_CPU = CpuSizing(FP32_CPU.widths, BF16_CPU.n_train, FP32_CPU.batch_size, FP32_CPU.conditional_members,
-                          FP32_CPU.unconditional_share, FP32_CPU.mmps_steps, FP32_CPU.mmps_members, 40.0)
-EVAL_STEPS_PER_FIELD = BF16_CPU.eval_steps_per_field
+                          FP32_CPU.unconditional_share, FP32_CPU.mmps_steps, FP32_CPU.mmps_members)
 # BF16_CPU's model only where its budget buys this many epochs: at 13 it reached tracks 0.78 / 0.82 at
 # 90 / 95 % hidden, about what FP32_CPU's model gave at 17-24 epochs in fp32 (0.84 / 0.86, 0.81 / 0.83);
 # at 2 (0.77 s a step at a slow hour) it lost to kriging at random 90 % hidden (2.0).
@@ -81,9 +69,11 @@ class DemoPlan:
     eval_fields: int
     coverages: tuple[float, ...]
     families: tuple[str, ...]
-    # The evaluation's cost per test field, in training steps of the conditional model's probe (CPU):
-    # what `conditional_seconds` holds back for it.
-    eval_steps_per_field: float = EVAL_STEPS_PER_FIELD
+
+    @property
+    def validation_fields(self) -> int:
+        """Training fields the evaluation chooses the reference and the mean steps on."""
+        return max(2, self.eval_fields // 2)
 
 
 COVERAGES = (0.9, 0.95, 0.99)  # where users are (1-10 % observed) and where the notes' RePaint collapsed
@@ -93,8 +83,9 @@ FAMILIES = ("random", "tracks")
 def make_plan(minutes: float, device: torch.device, quick: bool = False, bf16: bool | None = None) -> DemoPlan:
     """CPU: 32x64 fields; the unconditional model (1 M parameters, [16, 32, 64]) gets a small share
     of the budget (9 %, 6 % in fp32) and the conditional one what data (1-3 min), the unconditional
-    model and the evaluation's estimate leave (`conditional_seconds`: 42 % in a 15-minute run at a
-    slow hour, 55 % at 60 minutes; the plan's 47 % is only the nominal share). The evaluation
+    model, the kriging (scored first) and the estimate of the diffusion models' evaluation leave
+    (`conditional_seconds`: 42 % in a 15-minute run at a slow hour, 55 % at 60 minutes, 61 % in
+    fp32 on 2 AVX2 cores; the plan's 47 % is only the nominal share). The evaluation
     draws the conditional model's members on the test and the validation fields and MMPS's on the
     test fields, both sampled with --precision auto. More minutes buy more data (up to 4x),
     training and test fields (up to 96). CUDA: the notes' 64x128 slim models, on the plan's shares.
@@ -154,7 +145,7 @@ def cpu_plan(minutes: float, cpu: CpuSizing, n_train: int | None = None) -> Demo
                     ModelPlan("palette_slim", cpu.widths, 8, minutes * 0.47, "conditional-dpm", 10, cpu.conditional_members),
                     ModelPlan("standard_attn_slim", (16, 32, 64), 8, minutes * cpu.unconditional_share, "mmps",
                               cpu.mmps_steps, cpu.mmps_members, 3),
-                    min(96, round(24 * math.sqrt(scale))), COVERAGES, FAMILIES, cpu.eval_steps_per_field)
+                    min(96, round(24 * math.sqrt(scale))), COVERAGES, FAMILIES)
 
 
 EPOCH_OVERHEAD_S = 1.0  # checkpoints, metrics and progress bars per epoch
@@ -164,13 +155,38 @@ MAX_EPOCHS = 200
 BUDGET_MARGIN = 0.05
 
 
-def conditional_seconds(budget_s: float, elapsed_s: float, step_s: float, eval_fields: int,
-                        eval_steps_per_field: float = EVAL_STEPS_PER_FIELD) -> float:
+# What sampling costs in training samples of the conditional model (one sample's share of a training
+# step, forward and backward, in the same precision): a network evaluation of one field by the
+# conditional model, and a forward-equivalent of MMPS (a forward, and 2 per CG iteration's
+# vector-Jacobian product) by the unconditional one. Measured on the fp32 demo (2 AVX2 cores, a pace of
+# 0.34 s per training step of 16): the conditional model's 6 members x 10 steps on 24 test and 12
+# validation fields x 6 groups (12,960 evaluations) took 50 + 27 s (3.6 per training sample); MMPS's
+# 2 members x 10 steps x (1 + 2 x 3) on the 24 test fields x 6 groups (20,160) took 63 s (6.8).
+SAMPLE_NFE_PER_TRAIN_SAMPLE = 3.6
+MMPS_FORWARDS_PER_TRAIN_SAMPLE = 6.8
+REPORT_SECONDS = 30.0  # the report's figures after the last scores (measured 25-33 s on 2 cores)
+
+
+def diffusion_eval_seconds(plan: DemoPlan, step_s: float) -> float:
+    """The diffusion models' share of the evaluation, for a conditional training step of `step_s`:
+    the conditional model's members on the test and the validation fields, MMPS's on the test fields,
+    every group, then the report. The kriging runs before the conditional model trains, so its time
+    is measured, not estimated."""
+    groups = len(plan.families) * len(plan.coverages)
+    model, mmps = plan.conditional, plan.unconditional
+    nfe = model.samples * model.steps * (plan.eval_fields + plan.validation_fields) * groups
+    forwards = mmps.samples * mmps.steps * (1 + 2 * (mmps.cg_iterations or 0)) * plan.eval_fields * groups
+    per_sample = step_s / plan.batch_size
+    return (nfe / SAMPLE_NFE_PER_TRAIN_SAMPLE + forwards / MMPS_FORWARDS_PER_TRAIN_SAMPLE) * per_sample + REPORT_SECONDS
+
+
+def conditional_seconds(budget_s: float, elapsed_s: float, step_s: float, plan: DemoPlan) -> float:
     """The conditional model's training seconds on a CPU: the whole budget less its margin, the
-    stages already run (`elapsed_s`: data, the unconditional model) and the evaluation's estimate
-    (`eval_steps_per_field` steps of `step_s` per test field). Longer budgets spend everything the
-    fixed stages leave here; a slower machine trains fewer epochs rather than finishing late."""
-    return budget_s * (1 - BUDGET_MARGIN) - elapsed_s - eval_steps_per_field * step_s * eval_fields
+    stages already run (`elapsed_s`: data, the unconditional model, the kriging scored) and the
+    estimate of what is left after it (`diffusion_eval_seconds`). Longer budgets spend
+    everything the fixed stages leave here; a slower machine trains fewer epochs rather than
+    finishing late."""
+    return budget_s * (1 - BUDGET_MARGIN) - elapsed_s - diffusion_eval_seconds(plan, step_s)
 
 
 MIN_EPOCHS = 2  # a run shorter than this has no LR decay worth the name; a slow machine runs late instead
@@ -204,7 +220,7 @@ def fit_to_pace(plan: DemoPlan, minutes: float, elapsed_s: float, step_s: float 
             return plan, None
         return cpu_plan(minutes, SLOW_BF16_CPU, plan.n_train), f"{list(trained)} as the run begun"
     steps_per_epoch = max(1, plan.n_train // plan.batch_size)
-    seconds = conditional_seconds(minutes * 60, elapsed_s, step_s, plan.eval_fields, plan.eval_steps_per_field)
+    seconds = conditional_seconds(minutes * 60, elapsed_s, step_s, plan)
     epochs = epochs_for_budget(seconds, step_s, steps_per_epoch, epoch_eval_batches(plan), minimum=0)
     if epochs >= LARGE_MIN_EPOCHS:
         return plan, None

@@ -321,11 +321,14 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
     chosen = resumed_references(out, families, coverages, len(validation)) if resume and reference == "auto" else None
     # With a named reference only it (and what was asked for) runs: the per-field candidate's fits
     # are most of the kriging time at 64x128 (benchmarks/gp.py times the dataset kernel alone).
-    # A resumed evaluation whose reference is chosen fits no kriging whose every group is scored.
+    # A resumed evaluation whose reference is chosen fits no kriging whose every group is scored
+    # (the chosen variants still run while the reference's own rows are unfinished).
+    candidates, done = REFERENCE_CANDIDATES if reference == "auto" else (reference,), set()
+    if chosen:
+        done = scored_methods(out, families, coverages)
+        candidates = () if REFERENCE in done else tuple(sorted({c["chosen"] for c in chosen.values()}))
     built = build_methods(methods, runs, baseline, sampler=sampler or {}, gp=gp or {}, seed=seed,
-                          per_method=per_method,
-                          candidates=() if chosen else REFERENCE_CANDIDATES if reference == "auto" else (reference,),
-                          done=scored_methods(out, families, coverages) if chosen else ())
+                          per_method=per_method, candidates=candidates, done=done)
     steps = mean_steps_for(built, mean_step, validation, families, coverages, samples=samples, seed=seed)
     if chosen:
         choices = chosen

@@ -118,3 +118,13 @@ def test_a_resumed_evaluation_adds_a_method_without_refitting_its_kriging(grf_fi
     expected = pd.read_csv(whole / "cases.csv").drop(columns="seconds").sort_values(key, ignore_index=True)
     pd.testing.assert_frame_equal(got, expected)
     assert (staged / "report.md").exists()
+    # Interrupted before the reference's own rows: the chosen variant runs again for them.
+    partial = tmp_path / "partial"
+    monkeypatch.undo()
+    evaluate_and_report(partial, methods=["gp", "gp-dataset"], resume=True, report=False, **options)
+    cases = pd.read_csv(partial / "cases.csv")
+    cases[cases["method"] == "gp"].to_csv(partial / "cases.csv", index=False)
+    evaluate_and_report(partial, methods=["gp", "linear"], resume=True, report=False, **options)
+    got = pd.read_csv(partial / "cases.csv").drop(columns="seconds").sort_values(key, ignore_index=True)
+    chosen_only = expected[expected["method"].isin(["gp", "linear", "kriging", json.loads(chosen)[0]["chosen"]])]
+    pd.testing.assert_frame_equal(got, chosen_only.reset_index(drop=True))
