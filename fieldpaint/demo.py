@@ -36,9 +36,7 @@ from fieldpaint.errors import FieldpaintError
 # coverage drawn in [0.85, 0.995] rather than the preset's [0.5, 0.995], and family mixed weighted
 # random 35 %, stations 10 %, tracks 45 %, boxes 10 %, so that every family is still seen.
 DEMO_MASKS = {"family": "mixed", "coverage": [0.85, 0.995], "mixed_weights": [7, 2, 9, 2]}
-# The baselines; the per-field GP's hyperparameters come from at most 500 random observations of each
-# field (its prediction uses them all).
-KRIGING = ("gp", "gp-dataset", "linear")
+KRIGING = ("gp", "gp-dataset", "linear")  # the baselines, scored before the conditional model trains
 # Half of each conditional batch at t = T-1, where x̂0 is the network's regression E[x0 | y] that the
 # chosen mean steps read (diffusion.terminal_fraction). Measured on the demo's 17-epoch model, tracks
 # at 90 / 95 / 99 % hidden against kriging: 0.81 / 0.85 / 0.96 uniform, 0.78 / 0.82 / 0.96 at 0.25,
@@ -201,6 +199,8 @@ def run_demo(out: Path, *, minutes: float = 15.0, device_name: str = "auto", qui
 
     # The kriging first, while the conditional model waits: its time is then measured, not estimated,
     # and the budget gives the conditional model what is left. The final evaluation resumes it.
+    # The per-field GP's hyperparameters come from at most 500 random observations of each field (its
+    # prediction uses them all).
     evaluation = dict(families=list(plan.families), coverages=list(plan.coverages), n=plan.eval_fields, seed=0,
                       gp={"max_points": 500}, validation_fields=plan.validation_fields, resume=True,
                       progress=progress)
