@@ -167,14 +167,19 @@ MMPS_FORWARDS_PER_TRAIN_SAMPLE = 6.8
 REPORT_SECONDS = 30.0  # the report's figures after the last scores (measured 25-33 s on 2 cores)
 
 
+DEMO_FRAME_CANDIDATES = 3  # mean_step.frame_candidates((True, True)): fixed, x, y
+
+
 def diffusion_eval_seconds(plan: DemoPlan, step_s: float) -> float:
     """The diffusion models' share of the evaluation, for a conditional training step of `step_s`:
-    the conditional model's members on the test and the validation fields, MMPS's on the test fields,
+    the conditional model's members on the test fields and on the validation fields once per frame
+    candidate (fixed, x and y: the Kolmogorov box is periodic; fieldpaint.mean_step), MMPS's on the test fields,
     every group, then the report. The kriging runs before the conditional model trains, so its time
     is measured, not estimated."""
     groups = len(plan.families) * len(plan.coverages)
     model, mmps = plan.conditional, plan.unconditional
-    nfe = model.samples * model.steps * (plan.eval_fields + plan.validation_fields) * groups
+    fields = plan.eval_fields + DEMO_FRAME_CANDIDATES * plan.validation_fields
+    nfe = model.samples * model.steps * fields * groups
     forwards = mmps.samples * mmps.steps * (1 + 2 * (mmps.cg_iterations or 0)) * plan.eval_fields * groups
     per_sample = step_s / plan.batch_size
     return (nfe / SAMPLE_NFE_PER_TRAIN_SAMPLE + forwards / MMPS_FORWARDS_PER_TRAIN_SAMPLE) * per_sample + REPORT_SECONDS

@@ -12,7 +12,8 @@ chosen variant, whose name they carry in `reference_variant`.
 
 A conditional method's mean may come from an intermediate sampling step (a Rao-Blackwellised
 mean, fieldpaint.mean_step); that step, too, is chosen per group on the same validation cases,
-recorded in mean_step.json and in each case's `mean_step` column (empty: the members' average).
+recorded in mean_step.json and in each case's `mean_step` column (empty: the members' average),
+and with it, on periodic data, whether the members are drawn in frames rolled along a periodic axis.
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ def evaluate(methods: dict[str, Reconstructor], fields: FieldSplit, stats: Field
     references: per (family, coverage), the choice of reference (fieldpaint.reference.choose_references):
     {"chosen": method name, ...}; its rows are repeated as `kriging`.
     mean_steps: per (family, coverage), {method label: {"chosen": step, ...}} (fieldpaint.mean_step):
-    the sampling step that method's mean is taken from in that group; written to mean_step.json.
+    the sampling step that method's mean is taken from in that group and its members' frames
+    ("frames", default fixed); written to mean_step.json.
     """
     from fieldpaint.reconstruct import with_mean_step
     from fieldpaint.summary import crossover, summarize
@@ -185,7 +187,9 @@ def evaluate(methods: dict[str, Reconstructor], fields: FieldSplit, stats: Field
         reference = (references or {}).get((family, coverage), {}).get("chosen")
         steps = (mean_steps or {}).get((family, coverage), {})
         def method(n: str) -> Reconstructor:
-            return with_mean_step(methods[n], steps[n]["chosen"]) if n in steps else methods[n]
+            if n not in steps:
+                return methods[n]
+            return with_mean_step(methods[n], steps[n]["chosen"], steps[n].get("frames", "fixed"))
 
         todo = {n: method(n) for n in methods if (n, family, round(coverage, 6)) not in finished}
         if reference is not None and (REFERENCE, family, round(coverage, 6)) not in finished:
@@ -329,7 +333,8 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
         candidates = () if REFERENCE in done else tuple(sorted({c["chosen"] for c in chosen.values()}))
     built = build_methods(methods, runs, baseline, sampler=sampler or {}, gp=gp or {}, seed=seed,
                           per_method=per_method, candidates=candidates, done=done)
-    steps = mean_steps_for(built, mean_step, validation, families, coverages, samples=samples, seed=seed)
+    steps = mean_steps_for(built, mean_step, validation, families, coverages, samples=samples, seed=seed,
+                           periodic=baseline.periodic)
     if chosen:
         choices = chosen
     elif reference == "auto":

@@ -9,6 +9,13 @@ kriging (fieldpaint.reference), it is chosen per (mask family, coverage): the st
 geometric-mean MSE on validation cases drawn from the train split, with the same masks and member
 count as the test. Test scores never take part. Step S, the last, is the members' own average, so the
 choice can only fall back to it, never below it on the validation cases.
+
+On periodic data the members can also be drawn in frames rolled along a periodic axis
+(DiffusionReconstructor's `frames`): the network's borders, across which it sees nothing, then lie
+elsewhere for each member. Whether that helps depends on whether the field's statistics are the same
+everywhere along the axis (the Kolmogorov flow's are along x, not along y, where the forcing is a
+sine), so the frames are chosen with the step: per group, the (frames, step) pair with the lowest
+validation error, the fixed frame first, so a tie keeps it.
 """
 
 from __future__ import annotations
@@ -46,14 +53,23 @@ def best_step(errors: np.ndarray) -> tuple[int, list[float]]:
     return best + 1, scores
 
 
-def choose_mean_steps(methods: dict[str, tuple[object, int]], validation: FieldSplit, families: list[str],
-                      coverages: list[float], *, seed: int = 0) -> dict[tuple[str, float], dict[str, dict]]:
-    """For each (family, coverage) and each method label: the chosen step and every step's
-    validation geometric-mean MSE.
+def frame_candidates(periodic: tuple[bool, bool]) -> tuple[str, ...]:
+    """The members' frames to choose among for data periodic along (y, x): fixed, and each periodic
+    axis alone."""
+    return ("fixed",) + (("x",) if periodic[1] else ()) + (("y",) if periodic[0] else ())
 
-    methods: label -> (a conditional DiffusionReconstructor on the validation fields' grid, its members).
-    Returns {(family, coverage): {label: {"chosen": step, "steps": S, "validation_gmean_mse": [...],
-    "fields": n}}}; chosen == S means the members' average.
+
+def choose_mean_steps(methods: dict[str, tuple[object, int]], validation: FieldSplit, families: list[str],
+                      coverages: list[float], *, seed: int = 0,
+                      frames: tuple[str, ...] = ("fixed",)) -> dict[tuple[str, float], dict[str, dict]]:
+    """For each (family, coverage) and each method label: the chosen frames and step, and every step's
+    validation geometric-mean MSE in those frames.
+
+    methods: label -> (a conditional DiffusionReconstructor on the validation fields' grid, its members);
+    frames: the candidates (`frame_candidates`), the first kept on a tie.
+    Returns {(family, coverage): {label: {"chosen": step, "steps": S, "frames": f, "validation_gmean_mse":
+    [...], "frames_validation_gmean_mse": {f: best step's}, "fields": n}}}; chosen == S means the
+    members' average.
     """
     choices: dict[tuple[str, float], dict[str, dict]] = {}
     for family in families:
@@ -61,8 +77,12 @@ def choose_mean_steps(methods: dict[str, tuple[object, int]], validation: FieldS
             masks = draw_case_masks(validation, family, coverage, seed + VALIDATION_SEED)
             group = {}
             for label, (method, samples) in methods.items():
-                chosen, scores = best_step(step_errors(method, validation, masks, samples, seed + VALIDATION_SEED))
-                group[label] = {"chosen": chosen, "steps": len(scores), "validation_gmean_mse": scores,
+                tried = {f: best_step(step_errors(method.with_frames(f), validation, masks, samples,
+                                                  seed + VALIDATION_SEED)) for f in frames}
+                best = min(frames, key=lambda f: tried[f][1][tried[f][0] - 1])  # min keeps the first of equals
+                chosen, scores = tried[best]
+                group[label] = {"chosen": chosen, "steps": len(scores), "frames": best, "validation_gmean_mse": scores,
+                                "frames_validation_gmean_mse": {f: s[c - 1] for f, (c, s) in tried.items()},
                                 "fields": len(validation)}
             choices[(family, coverage)] = group
     return choices
@@ -94,12 +114,13 @@ def check_fixed_mean_step(methods: dict[str, Reconstructor], mean_step: str | in
 
 
 def mean_steps_for(methods: dict[str, Reconstructor], mean_step: str | int, validation: FieldSplit,
-                   families: list[str], coverages: list[float], *, samples: int,
-                   seed: int) -> dict[tuple[str, float], dict[str, dict]]:
+                   families: list[str], coverages: list[float], *, samples: int, seed: int,
+                   periodic: tuple[bool, bool] = (False, False)) -> dict[tuple[str, float], dict[str, dict]]:
     """Per group, the sampling step each conditional method's mean is taken from (see evaluate's
-    `mean_steps`): chosen on the validation cases ('auto'), the members' average ('members', an
-    empty choice) or one given step. A model whose grid is not the validation fields' keeps its
-    members' average under 'auto'."""
+    `mean_steps`): chosen on the validation cases ('auto', with the members' frames among those the
+    data's periodic axes allow), the members' average ('members', an empty choice) or one given step
+    (both in the fixed frame). A model whose grid is not the validation fields' keeps its members'
+    average under 'auto'."""
     from fieldpaint.reconstruct import member_count
 
     check_fixed_mean_step(methods, mean_step)
@@ -112,4 +133,6 @@ def mean_steps_for(methods: dict[str, Reconstructor], mean_step: str | int, vali
     grid = tuple(validation.x.shape[-2:])
     chooseable = {label: (core, member_count(methods[label], samples)) for label, core in conditional.items()
                   if (core.config.data.height, core.config.data.width) == grid}
-    return choose_mean_steps(chooseable, validation, families, coverages, seed=seed) if chooseable else {}
+    if not chooseable:
+        return {}
+    return choose_mean_steps(chooseable, validation, families, coverages, seed=seed, frames=frame_candidates(periodic))

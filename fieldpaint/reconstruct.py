@@ -69,6 +69,9 @@ def innermost(method: Reconstructor) -> Reconstructor:
     return method
 
 
+FRAMES = ("fixed", "x", "y", "xy")  # the axes a diffusion method's members' frames are rolled along
+
+
 def member_count(method: Reconstructor, default: int) -> int:
     """The members `method` draws when asked for `default`: a FixedMembers wrapper's own count."""
     while method is not None:
@@ -78,14 +81,15 @@ def member_count(method: Reconstructor, default: int) -> int:
     return default
 
 
-def with_mean_step(method: Reconstructor, step: int | None) -> Reconstructor:
-    """`method` (a DiffusionReconstructor, possibly in wrappers) with its mean from sampling step `step`;
-    the wrappers are copied, not changed."""
+def with_mean_step(method: Reconstructor, step: int | None, frames: str = "fixed") -> Reconstructor:
+    """`method` (a DiffusionReconstructor, possibly in wrappers) with its mean from sampling step `step`
+    and its members drawn in the `frames` given (DiffusionReconstructor's); the wrappers are copied,
+    not changed."""
     inner = getattr(method, "inner", None)
     if inner is None:
-        return method.with_mean_step(step)
+        return method.with_mean_step(step).with_frames(frames)
     outer = copy.copy(method)
-    outer.inner = with_mean_step(inner, step)
+    outer.inner = with_mean_step(inner, step, frames)
     return outer
 
 

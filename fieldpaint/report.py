@@ -121,6 +121,13 @@ def kriging_table(summary: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
+def _frames_cell(frames: str, tried: dict[str, float]) -> str:
+    """'fixed', or e.g. 'rolled along x (fixed: 0.612)': the frames chosen and the others' validation MSE."""
+    name = "fixed" if frames == "fixed" else f"rolled along {frames}"
+    others = ", ".join(f"{f}: {_fmt(v)}" for f, v in tried.items() if f != frames)
+    return f"{name} ({others})" if others else name
+
+
 def mean_step_table(out: Path) -> list[str]:
     """Where each conditional method's mean came from, group by group (mean_step.json): the chosen
     sampling step and the validation error there beside the members' average's."""
@@ -136,17 +143,21 @@ def mean_step_table(out: Path) -> list[str]:
            "the sampling step given by --mean-step, averaged over the members")
     lines = ["## Where the conditional models' means come from", "",
              f"Per mask family and coverage, {how} (step 1 is the noisiest; the last step is the members' own "
-             "average). Spread/skill for such a mean compares it with the members' spread without the K-member "
+             "average). On periodic data the members' frames are chosen with it: fixed, or member k of K rolled by "
+             "k/K of the field along a periodic axis (in brackets, the other candidates' validation MSE at their "
+             "best step). Spread/skill for such a mean compares it with the members' spread without the K-member "
              "correction.", "",
-             "| mask | coverage | method | mean from step | validation MSE there | validation MSE of the members' "
-             "average |", "|---|---|---|---|---|---|"]
+             "| mask | coverage | method | members' frames | mean from step | validation MSE there | validation MSE "
+             "of the members' average |", "|---|---|---|---|---|---|---|"]
     for c in choices:
         scores = c.get("validation_gmean_mse") or []
         chosen = int(c["chosen"])
         step = "the members' average" if chosen == int(c["steps"]) else f"{chosen} of {c['steps']}"
         there = _fmt(scores[chosen - 1]) if scores else "n/a"
         last = _fmt(scores[-1]) if scores else "n/a"
-        lines.append(f"| {c['mask']} | {percent(c['coverage'])} | {c['method']} | {step} | {there} | {last} |")
+        frames = _frames_cell(c.get("frames", "fixed"), c.get("frames_validation_gmean_mse") or {})
+        lines.append(f"| {c['mask']} | {percent(c['coverage'])} | {c['method']} | {frames} | {step} | {there} | "
+                     f"{last} |")
     return lines + [""]
 
 

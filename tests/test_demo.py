@@ -58,17 +58,18 @@ def test_the_conditional_budget_holds_back_what_the_diffusion_evaluation_costs()
     """The CPU demo's conditional model trains for what the budget leaves after the stages already
     run (the kriging among them, scored before it trains) and the estimate of the diffusion models'
     evaluation. Closed form of that estimate for the fp32 plan at 0.34 s per step of 16 (6 members x
-    10 steps on 24 + 12 fields x 6 groups; MMPS 2 x 10 x (1 + 2 x 3) on 24 x 6), checked against the
-    fp32 demo it was measured on (conditional 50 s on test and 27 s on validation fields, MMPS 63 s,
-    the report ~30 s: 170 s). The planned epochs then end the run within 15 minutes; a longer budget
+    10 steps on 24 test fields + 12 validation fields for each of 3 frame candidates, x 6 groups; MMPS
+    2 x 10 x (1 + 2 x 3) on 24 x 6), checked against the fp32 demo it was measured on (conditional 50 s
+    on test and 27 s on validation fields, which the frame candidates now sample 3 times, MMPS 63 s,
+    the report ~30 s: 224 s). The planned epochs then end the run within 15 minutes; a longer budget
     spends its extra minutes there, a slower step trains fewer epochs."""
     from fieldpaint.demo import (BUDGET_MARGIN, EPOCH_OVERHEAD_S, FP32_CPU, conditional_seconds, cpu_plan,
                                  diffusion_eval_seconds, epochs_for_budget)
 
     plan, step = cpu_plan(15, FP32_CPU), 0.34
     estimate = diffusion_eval_seconds(plan, step)
-    assert estimate == pytest.approx((6 * 10 * 36 * 6 / 3.6 + 2 * 10 * 7 * 24 * 6 / 6.8) * step / 16 + 30)
-    assert estimate == pytest.approx(50 + 27 + 63 + 30, rel=0.1)
+    assert estimate == pytest.approx((6 * 10 * 60 * 6 / 3.6 + 2 * 10 * 7 * 24 * 6 / 6.8) * step / 16 + 30)
+    assert estimate == pytest.approx(50 + 3 * 27 + 63 + 30, rel=0.1)
     elapsed, steps_per_epoch, eval_batches = 290.0, 50, 6  # data 72 s, unconditional 41 s, kriging ~150 s
     seconds = conditional_seconds(900, elapsed, step, plan)
     assert seconds + elapsed + estimate == pytest.approx(900 * (1 - BUDGET_MARGIN))
@@ -219,8 +220,9 @@ def test_a_bf16_machine_too_slow_for_the_large_model_trains_the_small_one():
     """BF16_CPU's model only where its budget buys LARGE_MIN_EPOCHS epochs. Measured at a slow hour on
     2 AMX cores: data and the unconditional model 257 s, the large model's probe 0.77 s a step; the
     model got 2 epochs and lost to kriging at random 90 % hidden. With the kriging scored first
-    (~100 s more elapsed) that hour leaves 855 - 357 - 388 s of diffusion evaluation = 110 s, 2
-    epochs of 41 s; a normal hour (139 + 60 s, 0.40 s) leaves 20."""
+    (~100 s more elapsed) and the validation fields sampled once per frame candidate, that hour
+    leaves 855 - 357 - 485 s of diffusion evaluation = 13 s, no epoch of 41 s; a normal hour
+    (139 + 60 s, 0.40 s) leaves 856 - 199 - 266 = 390 s, 17 epochs of 21.8 s."""
     from fieldpaint.demo import (FP32_CPU, LARGE_MIN_EPOCHS, SLOW_BF16_CPU, cpu_plan, diffusion_eval_seconds,
                                  epoch_seconds, fit_to_pace, make_plan)
 
@@ -231,10 +233,10 @@ def test_a_bf16_machine_too_slow_for_the_large_model_trains_the_small_one():
         left = 900 * 0.95 - elapsed - diffusion_eval_seconds(plan, step)
         return int(left / epoch_seconds(step, spe, eval_batches))
 
-    assert (large_epochs(357, 0.77), large_epochs(199, 0.40)) == (2, 20)
+    assert (large_epochs(357, 0.77), large_epochs(199, 0.40)) == (0, 17)
     assert fit_to_pace(plan, 15, 199, 0.40) == (plan, None)
     slow, why = fit_to_pace(plan, 15, 357, 0.77)
-    assert why == "[16, 32, 64]: the [32, 64, 128] model ran at 0.77 s a step, which leaves it 2 epochs (fewer than 10)"
+    assert why == "[16, 32, 64]: the [32, 64, 128] model ran at 0.77 s a step, which leaves it 0 epochs (fewer than 10)"
     assert slow.conditional.channels == SLOW_BF16_CPU.widths == (16, 32, 64)
     assert (slow.n_train, slow.batch_size, slow.eval_fields) == (plan.n_train, 16, plan.eval_fields)  # the data made
     assert (slow.conditional.samples, slow.unconditional.samples, slow.unconditional.steps) == (6, 2, 10)

@@ -12,12 +12,12 @@ from conftest import train_tiny_grf_run
 from fieldpaint.cli import main
 from fieldpaint.config import from_dict
 from fieldpaint.data.fields import FieldSplit, FieldStats
-from fieldpaint.diffusion.reconstructor import DiffusionReconstructor, KeptSteps
+from fieldpaint.diffusion.reconstructor import DiffusionReconstructor, KeptSteps, member_shift
 from fieldpaint.diffusion.samplers import dpm_solver_2m
 from fieldpaint.diffusion.schedule import make_schedule
 from fieldpaint.errors import FieldpaintError
 from fieldpaint.evaluate import draw_case_masks, evaluate_and_report, score
-from fieldpaint.mean_step import best_step, choose_mean_steps
+from fieldpaint.mean_step import best_step, choose_mean_steps, frame_candidates, mean_steps_for
 from fieldpaint.metrics import spread_skill
 from fieldpaint.models.gaussian import GaussianDenoiser, conditional_denoiser
 from fieldpaint.models.registry import build_model
@@ -153,6 +153,9 @@ class PlantedSteps:
     def __init__(self, offsets):
         self.offsets, self.masks = offsets, []
 
+    def with_frames(self, frames):
+        return self
+
     def step_means(self, obs, mask, valid, *, samples, seed):
         self.masks.append(mask.clone())
         truth = VALIDATION.x
@@ -171,6 +174,79 @@ def test_the_chooser_scores_every_step_on_the_reference_validation_masks():
     assert choice["validation_gmean_mse"] == pytest.approx([0.25, 0.01, 0.09])
     expected = draw_case_masks(VALIDATION, "random", 0.9, 2 + VALIDATION_SEED)  # the reference chooser's masks
     assert torch.equal(planted.masks[0], expected)
+
+
+def test_member_frames_are_evenly_spaced_rolls_along_the_named_axes():
+    assert [member_shift(k, 4, 8, 16, "x") for k in range(4)] == [(0, 0), (0, 4), (0, 8), (0, 12)]
+    assert [member_shift(k, 3, 8, 16, "xy") for k in range(3)] == [(0, 0), (2, 5), (5, 10)]
+    assert member_shift(2, 3, 8, 16, "fixed") == (0, 0)
+    with pytest.raises(FieldpaintError, match="frames must be one of fixed, x, y, xy"):
+        tiny_conditional().with_frames("z")
+
+
+@pytest.mark.parametrize("frames", ["x", "xy"])
+def test_a_member_in_a_rolled_frame_is_the_fixed_sampler_on_rolled_inputs_rolled_back(frames):
+    """Second code path: member k drawn with frames is the fixed-frame member k (same generator) of the
+    inputs rolled by member_shift(k), rolled back; member 0 is unchanged, observations stay exact and
+    never-valid pixels 0, and the chosen step's mean is rolled back with the members."""
+    method = tiny_conditional(steps=3)
+    obs, mask, valid = tiny_case()
+    K = 3
+    rolled = method.with_frames(frames).with_mean_step(1).reconstruct(obs, mask, valid, samples=K, seed=4)
+    fixed = method.with_mean_step(1)
+    step_sum = torch.zeros_like(obs)
+    for k in range(K):
+        dy, dx = member_shift(k, K, 16, 16, frames)
+        inputs = [torch.roll(a, (dy, dx), dims=(-2, -1)) for a in (obs, mask, valid)]
+        _, means = fixed.step_means(*inputs, samples=K, seed=4)
+        rec = fixed.reconstruct(*inputs, samples=K, seed=4)
+        back = torch.roll(rec.members[:, k], (-dy, -dx), dims=(-2, -1))
+        torch.testing.assert_close(rolled.members[:, k], back, rtol=0, atol=1e-5)
+        assert k > 0 or torch.equal(rolled.members[:, 0], rec.members[:, 0])
+    observed = ((mask > 0.5) & (valid > 0.5))
+    assert torch.equal(rolled.mean[observed], obs[observed]) and (rolled.mean[valid < 0.5] == 0).all()
+    assert torch.equal(rolled.members[:, 1][observed], obs[observed])
+    assert not torch.allclose(rolled.mean, fixed.reconstruct(obs, mask, valid, samples=K, seed=4).mean)
+
+
+class PlantedFrames(PlantedSteps):
+    """PlantedSteps whose step offsets depend on the frames it is asked for."""
+
+    def __init__(self, by_frames, frames="fixed"):
+        super().__init__(by_frames[frames])
+        self.by_frames = by_frames
+
+    def with_frames(self, frames):
+        return PlantedFrames(self.by_frames, frames)
+
+
+def test_the_frames_are_chosen_with_the_step_and_a_tie_keeps_the_fixed_frame():
+    assert frame_candidates((True, True)) == ("fixed", "x", "y")
+    assert frame_candidates((False, True)) == ("fixed", "x") and frame_candidates((False, False)) == ("fixed",)
+    planted = PlantedFrames({"fixed": [0.5, 0.3, 0.4], "x": [0.5, 0.2, 0.4], "y": [0.1, 0.6, 0.6]})
+    choice = choose_mean_steps({"m": (planted, 4)}, VALIDATION, ["random"], [0.9],
+                               frames=("fixed", "x", "y"))[("random", 0.9)]["m"]
+    assert choice["frames"] == "y" and choice["chosen"] == 1
+    assert choice["validation_gmean_mse"] == pytest.approx([0.01, 0.36, 0.36])
+    assert choice["frames_validation_gmean_mse"] == pytest.approx({"fixed": 0.09, "x": 0.04, "y": 0.01})
+    tie = PlantedFrames({"fixed": [0.5, 0.2], "x": [0.2, 0.5]})
+    assert choose_mean_steps({"m": (tie, 4)}, VALIDATION, ["random"], [0.9],
+                             frames=("fixed", "x"))[("random", 0.9)]["m"]["frames"] == "fixed"
+
+
+def test_periodic_data_tries_the_frames_of_its_periodic_axes():
+    """mean_steps_for on the tiny model: x-periodic data tries fixed and x, and records the one whose
+    best step scored lower on the validation cases; non-periodic data tries the fixed frame only."""
+    method = tiny_conditional(steps=3)
+    validation = FieldSplit(torch.randn((3, 1, 16, 16), generator=gen(8)), torch.ones((3, 1, 16, 16)),
+                            torch.arange(3))
+    chosen = mean_steps_for({"c": method}, "auto", validation, ["random"], [0.9], samples=2, seed=0,
+                            periodic=(False, True))[("random", 0.9)]["c"]
+    tried = chosen["frames_validation_gmean_mse"]
+    assert set(tried) == {"fixed", "x"} and chosen["frames"] == min(tried, key=lambda f: (tried[f], f != "fixed"))
+    plain = mean_steps_for({"c": method}, "auto", validation, ["random"], [0.9], samples=2, seed=0)
+    assert set(plain[("random", 0.9)]["c"]["frames_validation_gmean_mse"]) == {"fixed"}
+    assert plain[("random", 0.9)]["c"]["frames_validation_gmean_mse"]["fixed"] == pytest.approx(tried["fixed"])
 
 
 def test_spread_skill_drops_the_member_correction_for_a_step_mean():
@@ -258,6 +334,16 @@ def test_inpaint_records_the_mean_step(conditional_run, tmp_path, capsys):
     assert main(args + ["--out", str(tmp_path / "c.nc"), "--mean-step", "4"]) == 2
     assert "sampling step from 1 to 3" in capsys.readouterr().err
     assert not (tmp_path / "c.nc").exists()
+    # --frames x: member 0 is drawn in the field's own frame, the others rolled; recorded in the file
+    assert main(args + ["--out", str(tmp_path / "x.nc"), "--frames", "x"]) == 0
+    with xr.open_dataset(tmp_path / "x.nc") as x, xr.open_dataset(tmp_path / "b.nc") as b:
+        assert x.attrs["frames"] == "x" and "frames" not in b.attrs
+        members = x["field_members"].isel(realization=0)
+        np.testing.assert_allclose(members, b["field_members"].isel(realization=0), rtol=0, atol=1e-5)
+        assert not np.allclose(x["field_members"].isel(realization=1), b["field_members"].isel(realization=1))
+    capsys.readouterr()
+    assert main(args[:5] + ["--method", "linear", "--out", str(tmp_path / "l.nc"), "--frames", "x"]) == 2
+    assert "--frames applies to diffusion methods" in capsys.readouterr().err
 
 
 def test_inpaint_reads_a_terminal_trained_model_at_step_1(tmp_path, capsys):

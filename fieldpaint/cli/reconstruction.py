@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fieldpaint.cli.options import check_in, names, positive_float, positive_int
 from fieldpaint.errors import FieldpaintError
-from fieldpaint.reconstruct import METHOD_NAMES, METHODS
+from fieldpaint.reconstruct import FRAMES, METHOD_NAMES, METHODS
 
 
 def _sampler_options(args: argparse.Namespace) -> dict:
@@ -86,6 +86,10 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         if not diffusion:
             raise FieldpaintError(f"--mean-step applies to conditional diffusion methods, not {args.method}")
         options["mean_step"] = None if args.mean_step == "members" else args.mean_step
+    if args.frames != "fixed":
+        if not diffusion:
+            raise FieldpaintError(f"--frames applies to diffusion methods, not {args.method}")
+        options["frames"] = args.frames
     attrs = inpaint_file(args.checkpoint, args.input, args.out, method=args.method,
                          variables=names(args.variables) if args.variables else None,
                          mask_variable=args.mask_variable, valid_variable=args.valid_variable,
@@ -192,6 +196,11 @@ def add_inpaint_parser(sub: argparse._SubParsersAction) -> None:
                         "this sampling step (1 = the noisiest; see `fieldpaint evaluate --mean-step auto` for the "
                         "step validated per mask and coverage), or members (their own average). Default: 1 for a "
                         "model trained with diffusion.terminal_fraction > 0 (its trained regression), else members")
+    p.add_argument("--frames", choices=FRAMES, default="fixed",
+                   help="diffusion methods: draw member k of K in a frame rolled by k/K of the field along these "
+                        "axes and rolled back; only for a field that wraps around there with the same statistics "
+                        "everywhere along it (`fieldpaint evaluate` chooses it on training fields for periodic "
+                        "data and reports its choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-progress", action="store_true")
