@@ -167,7 +167,7 @@ MMPS_FORWARDS_PER_TRAIN_SAMPLE = 6.8
 REPORT_SECONDS = 30.0  # the report's figures after the last scores (measured 25-33 s on 2 cores)
 
 
-DEMO_FRAME_CANDIDATES = 3  # mean_step.frame_candidates((True, True)): fixed, x, y
+DEMO_PERIODIC = (True, True)  # (y, x): the Kolmogorov generator's box, recorded in its file as periodic 'xy'
 
 
 def diffusion_eval_seconds(plan: DemoPlan, step_s: float) -> float:
@@ -176,9 +176,11 @@ def diffusion_eval_seconds(plan: DemoPlan, step_s: float) -> float:
     candidate (fixed, x and y: the Kolmogorov box is periodic; fieldpaint.mean_step), MMPS's on the test fields,
     every group, then the report. The kriging runs before the conditional model trains, so its time
     is measured, not estimated."""
+    from fieldpaint.mean_step import frame_candidates
+
     groups = len(plan.families) * len(plan.coverages)
     model, mmps = plan.conditional, plan.unconditional
-    fields = plan.eval_fields + DEMO_FRAME_CANDIDATES * plan.validation_fields
+    fields = plan.eval_fields + len(frame_candidates(DEMO_PERIODIC)) * plan.validation_fields
     nfe = model.samples * model.steps * fields * groups
     forwards = mmps.samples * mmps.steps * (1 + 2 * (mmps.cg_iterations or 0)) * plan.eval_fields * groups
     per_sample = step_s / plan.batch_size

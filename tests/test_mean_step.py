@@ -249,6 +249,22 @@ def test_periodic_data_tries_the_frames_of_its_periodic_axes():
     assert plain[("random", 0.9)]["c"]["frames_validation_gmean_mse"]["fixed"] == pytest.approx(tried["fixed"])
 
 
+def test_the_report_names_the_chosen_frames_beside_the_other_candidates(tmp_path):
+    """mean_step_table: a rolled choice shows its axis and the other candidates' validation MSE; a choice
+    of an older mean_step.json, without frames, reads fixed."""
+    from fieldpaint.report import mean_step_table
+
+    choices = [{"mask": "tracks", "coverage": 0.95, "method": "c", "chosen": 2, "steps": 3, "frames": "x",
+                "validation_gmean_mse": [0.7, 0.5, 0.6], "frames_validation_gmean_mse": {"fixed": 0.55, "x": 0.5,
+                                                                                           "y": 0.8}},
+               {"mask": "random", "coverage": 0.9, "method": "c", "chosen": 3, "steps": 3,
+                "validation_gmean_mse": [0.3, 0.2, 0.1]}]
+    (tmp_path / "mean_step.json").write_text(json.dumps(choices))
+    rows = [line for line in mean_step_table(tmp_path) if line.startswith("| tracks") or line.startswith("| random")]
+    assert rows[0] == "| tracks | 95 % | c | rolled along x (fixed: 0.55, y: 0.8) | 2 of 3 | 0.5 | 0.6 |"
+    assert rows[1] == "| random | 90 % | c | fixed | the members' average | 0.1 | 0.1 |"
+
+
 def test_spread_skill_drops_the_member_correction_for_a_step_mean():
     """score's spread/skill of a K-member ensemble carries the factor √((K+1)/K) (Fortin et al. 2014)
     only when the mean is the members' average."""
