@@ -27,7 +27,7 @@ import torch
 import xarray as xr
 
 from fieldpaint.data.grid import crop, fit_shape, pad_to, reconstruct_tiled
-from fieldpaint.errors import FieldpaintError
+from fieldpaint.errors import DataError, FieldpaintError
 
 TILE_SEED_STRIDE = 7919  # tile i samples with seed + i * TILE_SEED_STRIDE: tiles are independent
 
@@ -35,10 +35,13 @@ TILE_SEED_STRIDE = 7919  # tile i samples with seed + i * TILE_SEED_STRIDE: tile
 class OnModelGrid:
     """A Reconstructor for a model of grid `grid` (H, W), applied to observations on any grid:
     padded with never-valid pixels (mask 0, valid 0) where smaller, tiled where larger
-    (`overlap` pixels shared between tiles, default a quarter of the tile), cropped back."""
+    (`overlap` pixels shared between tiles, default a quarter of the tile), cropped back. A model
+    whose convolutions wrap around (`wrap`, model.wrap) takes only fields of its own extent along
+    those axes: padding or a tile there would put the wrong pixels across the edge."""
 
-    def __init__(self, inner, grid: tuple[int, int], overlap: tuple[int, int] | int | None = None):
-        self.inner, self.grid = inner, (int(grid[0]), int(grid[1]))
+    def __init__(self, inner, grid: tuple[int, int], overlap: tuple[int, int] | int | None = None,
+                 wrap: str = "none"):
+        self.inner, self.grid, self.wrap = inner, (int(grid[0]), int(grid[1])), wrap
         self.overlap = overlap if overlap is not None else (max(1, self.grid[0] // 4), max(1, self.grid[1] // 4))
         self.name = inner.name
 
@@ -52,6 +55,11 @@ class OnModelGrid:
         from fieldpaint.reconstruct import Reconstruction
 
         started, original = time.perf_counter(), tuple(obs.shape[-2:])
+        for axis, name, size, model_size in (("y", "rows", original[0], self.grid[0]),
+                                             ("x", "columns", original[1], self.grid[1])):
+            if axis in self.wrap and size != model_size:
+                raise DataError(f"the model wraps around along {axis} (model.wrap {self.wrap!r}) on {model_size} "
+                                f"{name}; these fields have {size}: it reconstructs only fields of its own extent there")
         held = fit_shape(original, self.grid)
         obs, mask, valid = (pad_to(a, held) for a in (obs, mask, valid))  # padding: mask 0, valid 0
         if held == self.grid:
@@ -79,7 +87,7 @@ class OnModelGrid:
 
 def on_model_grid(method, config, overlap: tuple[int, int] | int | None = None):
     """`method` wrapped to run any grid on the model grid of `config` (a run's Config)."""
-    return OnModelGrid(method, (config.data.height, config.data.width), overlap)
+    return OnModelGrid(method, (config.data.height, config.data.width), overlap, config.model.wrap)
 
 
 @dataclass
@@ -138,7 +146,6 @@ def _mark_never_valid(obs, run) -> None:
     import warnings
 
     from fieldpaint.data.fields import never_valid_pixels
-    from fieldpaint.errors import DataError
 
     path = run.config.data.path
     if path is None or not Path(path).exists():

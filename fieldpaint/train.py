@@ -40,7 +40,7 @@ from fieldpaint import __version__
 from fieldpaint.checkpoint import (Checkpoint, check_compatible, load_checkpoint, resolve_checkpoint,
                                    restore_rng_state, save_checkpoint, unwrap_model)
 from fieldpaint.config import Config, to_dict
-from fieldpaint.data.fields import FieldSplit, FieldStats
+from fieldpaint.data.fields import FieldSplit, FieldStats, check_wrap_on_file
 from fieldpaint.data.stream import chunked_order
 from fieldpaint.data.stream import load_training_data as load_data
 from fieldpaint.diffusion.conditioning import conditioning_input, draw_training_masks
@@ -162,6 +162,7 @@ def load_training_data(config: Config, stats: FieldStats | None = None) -> tuple
     if config.data.path is None:
         raise ConfigError("config key 'data.path' is not set: name a NetCDF/Zarr file "
                           "(make one with `fieldpaint data generate kolmogorov`)")
+    check_wrap_on_file(config.data, config.model.wrap)
     train_data, test_data, stats = load_data(config.data, stats)  # in memory, or streamed (data.streaming)
     if len(test_data) == 0:
         raise ConfigError(f"the dataset {config.data.path} has no test samples; set data.test_fraction")

@@ -125,7 +125,7 @@ CONFIG_NUMBERS = ["train.lr=inf", "train.lr=nan", "train.lr=-1e-3", "train.weigh
                   "diffusion.timesteps=1e9", "diffusion.timesteps=0", "model.norm_groups=0", "model.norm_groups=3",
                   "model.channels=[]", "train.batch_size=0", "train.epochs=-1", "train.lrr=1", "nosection.x=1",
                   "train.epochs=abc", "train.lr=[1,2]", "model.attention_levels=[5]", "data.height=7",
-                  "train.lr", "=1"]
+                  "train.lr", "=1", "model.wrap=z"]
 
 CASES = [
     # --- config numbers, for train (no run folder may appear) and for configs show
@@ -146,6 +146,11 @@ CASES = [
                                                     "--run-dir", str(t / "run")]),
     ("train grid smaller than the file's", lambda w, t, m: [
         "train", *w.train_args("--set", "data.height=8", "--set", "data.crop=false"), "--run-dir", str(t / "run")]),
+    ("train model.wrap on data not periodic", lambda w, t, m: [
+        "train", *w.train_args("--set", "model.wrap=x"), "--run-dir", str(t / "run")]),
+    ("train model.wrap across padding", lambda w, t, m: [
+        "train", *w.train_args("--set", "model.wrap=x", "--set", "data.periodic=x", "--set", "data.width=36"),
+        "--run-dir", str(t / "run")]),
     ("train no run-dir", lambda w, t, m: ["train", *w.train_args()]),
     ("train unknown flag", lambda w, t, m: ["train", "--bogus"]),
     ("no subcommand", lambda w, t, m: []),

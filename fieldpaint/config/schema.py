@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal, Union
 
 from fieldpaint.data.masks import MASK_FAMILIES
 from fieldpaint.errors import ConfigError
-from fieldpaint.models.structure import ARCHITECTURES, ATTENTION_KINDS, validate_model
+from fieldpaint.models.structure import ARCHITECTURES, ATTENTION_KINDS, WRAPS, validate_model
 
 MIN_GRID = 8  # smallest H and W: the UNet halves the grid at least three times (data.fields reads it)
 MAX_GRID = 32768  # largest H and W: a guard against typos, far above any gridded product
@@ -32,6 +32,7 @@ MaskFamily = Literal[MASK_FAMILIES]  # type: ignore[valid-type]  # built from th
 AttentionKind = Literal[ATTENTION_KINDS]  # type: ignore[valid-type]
 Architecture = Literal[ARCHITECTURES]  # type: ignore[valid-type]
 Periodic = Literal[("auto", *PERIODICITIES)]  # type: ignore[valid-type]
+Wrap = Literal[WRAPS]  # type: ignore[valid-type]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,6 +177,9 @@ class ModelConfig(Section):
     depth: int = count(9, 1, 1024)  # uvit/dit: transformer blocks (odd for uvit: in, mid, out)
     mlp_ratio: float = number(4.0, gt=0.0, le=64.0)  # uvit/dit: MLP width = mlp_ratio * hidden_size
     pos_embed: Literal["sincos", "learned"] = "sincos"  # uvit/dit: fixed 2-D sin-cos or learned position embedding
+    # unet: axes along which every 3x3 convolution pads circularly, so that pixels at the edge see across it;
+    # only along axes the data wraps around on (data.periodic), on a file grid equal to the model's there
+    wrap: Wrap = "none"
 
     def check(self) -> None:
         if self.attention_window % 2 == 0:

@@ -56,6 +56,34 @@ def periodic_axes(setting: str, attrs: Mapping[str, Any]) -> tuple[bool, bool]:
     return "y" in value, "x" in value
 
 
+def check_wrap(wrap: str, periodic: tuple[bool, bool], file_grid: tuple[int, int],
+               model_grid: tuple[int, int]) -> None:
+    """A model whose convolutions wrap around along `wrap` (model.wrap) fits this data: the field is
+    periodic along those axes (`periodic`, (y, x)) and the file's grid there is the model's, so the
+    pixel across the edge is the field's own neighbour, not padding or another crop's."""
+    for axis, name, is_periodic, size, model_size in (("y", "rows", periodic[0], file_grid[0], model_grid[0]),
+                                                      ("x", "columns", periodic[1], file_grid[1], model_grid[1])):
+        if axis not in wrap:
+            continue
+        if not is_periodic:
+            raise DataError(f"model.wrap is {wrap!r} but the data is not periodic along {axis} (data.periodic, or "
+                            f"the file's `periodic` attribute): set data.periodic, or model.wrap without {axis}")
+        if size != model_size:
+            raise DataError(f"model.wrap is {wrap!r} but the file has {size} {name} and the model {model_size}: a "
+                            f"model that wraps around along {axis} needs the whole periodic extent there")
+
+
+def check_wrap_on_file(data_config: DataConfig, wrap: str) -> None:
+    """`check_wrap` for the file `data_config` names, read from its metadata only."""
+    if wrap == "none":
+        return
+    with open_dataset(data_config.path) as ds:
+        layout = dataset_layout(ds, data_config.variables, data_config.sample_dim, data_config.y_dim,
+                                data_config.x_dim)
+        file_grid, attrs = (int(ds.sizes[layout.y_dim]), int(ds.sizes[layout.x_dim])), dict(ds.attrs)
+    check_wrap(wrap, periodic_axes(data_config.periodic, attrs), file_grid, (data_config.height, data_config.width))
+
+
 def check_grid(height: int, width: int, expected: tuple[int, int] | None, grid: tuple[int, int] | None = None,
                crop: bool = True) -> None:
     """The file's grid is usable: large enough, equal to `expected` (when given), and not larger

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fieldpaint.errors import ConfigError
-from fieldpaint.models.layers import group_norm
+from fieldpaint.models.layers import Conv3x3, group_norm
 from fieldpaint.models.structure import ATTENTION_KINDS  # the one list; make_attention builds each
 
 # attend(q, k, v, (H, W)) -> out; q, k, v, out: (B, heads, N, d) with N = H*W in row-major order.
@@ -152,14 +152,14 @@ class ChannelAttention(nn.Module):
     a 1x1 conv then a 3x3 depthwise conv, attention across the C/heads channels of each head
     with a learnable temperature per head, then a 1x1 output projection. O(C^2 H W)."""
 
-    def __init__(self, channels: int, heads: int, groups: int) -> None:
+    def __init__(self, channels: int, heads: int, groups: int, wrap: str = "none") -> None:
         super().__init__()
         if channels % heads:
             raise ConfigError(f"model.attention_heads: {heads} does not divide the width {channels}")
         self.heads = heads
         self.norm = group_norm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.qkv_dw = nn.Conv2d(3 * channels, 3 * channels, 3, padding=1, groups=3 * channels)
+        self.qkv_dw = Conv3x3(3 * channels, 3 * channels, wrap=wrap, groups=3 * channels)
         self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
         self.proj = nn.Conv2d(channels, channels, 1)
 
@@ -171,9 +171,11 @@ class ChannelAttention(nn.Module):
         return x + self.proj(out)
 
 
-def make_attention(kind: str, channels: int, heads: int, groups: int, window: int = 7) -> nn.Module:
+def make_attention(kind: str, channels: int, heads: int, groups: int, window: int = 7,
+                   wrap: str = "none") -> nn.Module:
     """An attention block of `kind` (a value of `model.attention`) for a `channels`-wide level;
-    `window` is the neighbourhood kind's k (`model.attention_window`)."""
+    `window` is the neighbourhood kind's k (`model.attention_window`), `wrap` the axes the channel
+    kind's depthwise convolution wraps around (`layers.Conv3x3`)."""
     if kind == "mhsa":
         return SelfAttention(channels, heads, groups, full_attention)
     if kind == "linear":
@@ -181,5 +183,5 @@ def make_attention(kind: str, channels: int, heads: int, groups: int, window: in
     if kind == "neighborhood":
         return SelfAttention(channels, heads, groups, functools.partial(neighborhood_attention, window=window))
     if kind == "channel":
-        return ChannelAttention(channels, heads, groups)
+        return ChannelAttention(channels, heads, groups, wrap)
     raise ConfigError(f"model.attention: {kind!r} is not one of {', '.join(map(repr, ATTENTION_KINDS))}")

@@ -55,6 +55,7 @@ def build_model(config: Config) -> nn.Module:
         conditioning=m.conditioning,
         time_embed_mult=m.time_embed_mult,
         film_channels=m.film_channels,
+        wrap=m.wrap,
     )
 
 

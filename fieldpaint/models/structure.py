@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # the schema imports this module, so only the annotations ref
 ARCHITECTURES = ("unet", "uvit", "dit")  # values of model.arch; the schema's Literal is built from this
 TRANSFORMER_ARCHITECTURES = ("uvit", "dit")  # patch-token backbones
 ATTENTION_KINDS = ("mhsa", "linear", "neighborhood", "channel")  # values of model.attention (models.attention)
+WRAPS = ("none", "x", "y", "xy")  # values of model.wrap: axes along which the UNet's 3x3 convolutions pad circularly
 
 
 def parse_resolution(text: str, key: str) -> tuple[int, int]:
@@ -106,6 +107,9 @@ def _validate_unet(config: Config) -> None:
 def _validate_transformer(config: Config) -> None:
     """Checks of the patch-token backbones (uvit, dit); the UNet-only keys are not used by them."""
     d, m = config.data, config.model
+    if m.wrap != "none":
+        raise ConfigError(f"config key 'model.wrap': {m.wrap!r} is UNet-only (its convolutions); arch {m.arch!r} "
+                          f"takes 'none'")
     if m.conditioning == "film":
         raise ConfigError(f"config key 'model.conditioning': 'film' is UNet-only; arch {m.arch!r} "
                           f"takes 'none' or 'concat'")

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fieldpaint.models.attention import make_attention
-from fieldpaint.models.layers import (Downsample, Modulation, ResBlock, TimeEmbedding, Upsample,
+from fieldpaint.models.layers import (Conv3x3, Downsample, Modulation, ResBlock, TimeEmbedding, Upsample,
                                       group_norm, group_norm_silu)
 
 CONDITIONING = ("none", "concat", "film")
@@ -57,11 +57,11 @@ class FiLMEncoder(nn.Module):
     shift) pair per resolution level. A 3x3 stem, then per level one 3x3 conv (stride 2 below
     the top level) and a 1x1 head, the head being the layer the UNet zero-initialises."""
 
-    def __init__(self, in_channels: int, hidden: int, widths: Sequence[int]) -> None:
+    def __init__(self, in_channels: int, hidden: int, widths: Sequence[int], wrap: str = "none") -> None:
         super().__init__()
-        self.stem = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.stem = Conv3x3(in_channels, hidden, wrap=wrap)
         self.body = nn.ModuleList(
-            nn.Conv2d(hidden, hidden, 3, stride=1 if i == 0 else 2, padding=1) for i in range(len(widths)))
+            Conv3x3(hidden, hidden, stride=1 if i == 0 else 2, wrap=wrap) for i in range(len(widths)))
         self.heads = nn.ModuleList(nn.Conv2d(hidden, 2 * w, 1) for w in widths)
 
     def forward(self, cond: torch.Tensor) -> list[Modulation]:
@@ -90,47 +90,50 @@ class UNet(nn.Module):
         conditioning: 'none', 'concat' (Palette) or 'film' (FiLM); see the module docstring.
         time_embed_mult: the time-embedding MLP is time_embed_mult * channels[0] wide.
         film_channels: width of the FiLM encoder.
+        wrap: axes ('x', 'y', 'xy' or 'none') along which every 3x3 convolution pads circularly
+            (`layers.Conv3x3`): for a field periodic there, a pixel at the edge sees across it.
     """
 
     def __init__(self, in_channels: int, channels: Sequence[int] = (32, 64, 128, 128), num_res_blocks: int = 2,
                  attention_levels: Iterable[int] = (), attention: str | Mapping[int, str] = "mhsa",
                  attention_heads: int = 4,
                  dropout: float = 0.0, norm_groups: int = 32, resample: str = "conv", conditioning: str = "none",
-                 time_embed_mult: int = 8, film_channels: int = 32, attention_window: int = 7) -> None:
+                 time_embed_mult: int = 8, film_channels: int = 32, attention_window: int = 7,
+                 wrap: str = "none") -> None:
         super().__init__()
         if conditioning not in CONDITIONING:
             raise ValueError(f"conditioning must be one of {CONDITIONING}, got {conditioning!r}")
-        self.in_channels, self.conditioning = in_channels, conditioning
+        self.in_channels, self.conditioning, self.wrap = in_channels, conditioning, wrap
         self.levels = len(channels)
         widths = list(channels) + [channels[-1]]  # per resolution level; the last is the bottleneck
         attention_levels = set(attention_levels)
         time_dim = time_embed_mult * channels[0]
 
         def stage(c_in: int, c_out: int, level: int) -> Stage:
-            res = ResBlock(c_in, c_out, time_dim, dropout, norm_groups)
+            res = ResBlock(c_in, c_out, time_dim, dropout, norm_groups, wrap)
             kind = attention if isinstance(attention, str) else attention.get(level)
-            attn = (make_attention(kind, c_out, attention_heads, norm_groups, attention_window)
+            attn = (make_attention(kind, c_out, attention_heads, norm_groups, attention_window, wrap)
                     if level in attention_levels else None)
             return Stage(res, attn)
 
         self.time_embed = TimeEmbedding(channels[0], time_dim)
         net_in = in_channels + (1 + in_channels if conditioning == "concat" else 0)
-        self.conv_in = nn.Conv2d(net_in, channels[0], 3, padding=1)
-        self.film = FiLMEncoder(1 + in_channels, film_channels, widths) if conditioning == "film" else None
+        self.conv_in = Conv3x3(net_in, channels[0], wrap=wrap)
+        self.film = FiLMEncoder(1 + in_channels, film_channels, widths, wrap) if conditioning == "film" else None
 
         level_in = [channels[0]] + list(channels[:-1])  # width entering each level
         self.down = nn.ModuleList(
             nn.ModuleList(stage(level_in[i] if j == 0 else c, c, i) for j in range(num_res_blocks))
             for i, c in enumerate(channels))
-        self.downsample = nn.ModuleList(Downsample(c, resample) for c in channels)
+        self.downsample = nn.ModuleList(Downsample(c, resample, wrap) for c in channels)
         self.mid = nn.ModuleList([stage(widths[-1], widths[-1], self.levels),
                                   stage(widths[-1], widths[-1], -1)])  # ResBlock, attention, ResBlock
-        self.upsample = nn.ModuleList(Upsample(widths[i + 1], resample) for i in range(self.levels))
+        self.upsample = nn.ModuleList(Upsample(widths[i + 1], resample, wrap) for i in range(self.levels))
         self.up = nn.ModuleList(  # input = previous up output (upsampled for j == 0) + skip, both concatenated
             nn.ModuleList(stage((widths[i + 1] if j == 0 else c) + c, c, i) for j in range(num_res_blocks))
             for i, c in enumerate(channels))
         self.norm_out = group_norm(channels[0], norm_groups)
-        self.conv_out = nn.Conv2d(channels[0], in_channels, 3, padding=1)
+        self.conv_out = Conv3x3(channels[0], in_channels, wrap=wrap)
         self._zero_init()
 
     def _zero_init(self) -> None:
