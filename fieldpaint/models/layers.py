@@ -65,7 +65,7 @@ class Conv3x3(nn.Conv2d):
         if wrap not in WRAPS:
             raise ValueError(f"wrap must be one of {WRAPS}, got {wrap!r}")
         wrap_y, wrap_x = "y" in wrap, "x" in wrap
-        # nn.Conv2d zero-pads the axes that do not wrap; F.pad wraps the others first.
+        # nn.Conv2d zero-pads the axes that do not wrap; wrap_pad pads the others first.
         super().__init__(in_channels, out_channels, 3, stride=stride, padding=(int(not wrap_y), int(not wrap_x)),
                          groups=groups)
         self.wrap = wrap
@@ -73,11 +73,15 @@ class Conv3x3(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(wrap_pad(x, self.wrap))
 
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.wrap == "none" else f", wrap={self.wrap}")
+
 
 def wrap_pad(x: torch.Tensor, wrap: str) -> torch.Tensor:
     """(B, C, H, W) padded by one pixel taken from the opposite edge along the axes in `wrap`."""
-    for dim in (-2, -1) if wrap == "xy" else (-1,) if wrap == "x" else (-2,) if wrap == "y" else ():
-        x = _WrapPad.apply(x, dim)
+    for axis, dim in (("y", -2), ("x", -1)):
+        if axis in wrap:
+            x = _WrapPad.apply(x, dim)
     return x
 
 
@@ -98,9 +102,6 @@ class _WrapPad(torch.autograd.Function):
         gx.narrow(dim, n - 1, 1).add_(g.narrow(dim, 0, 1))  # the left pad was the last pixel
         gx.narrow(dim, 0, 1).add_(g.narrow(dim, n + 1, 1))  # the right pad was the first
         return gx, None
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ("" if self.wrap == "none" else f", wrap={self.wrap}")
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
