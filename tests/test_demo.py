@@ -38,7 +38,7 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
 def test_demo_trains_the_conditional_model_on_the_masks_it_is_scored_on(tmp_path):
     """The conditional config draws 85-99.5 % hidden, mixed weighted toward tracks, without dropout;
     the unconditional one keeps the preset's masks; both plans give each model its own members. Both
-    wrap around along x, an axis the demo's data is periodic on at the model's own width."""
+    wrap around along both axes, on which the demo's data is periodic at the model's own grid."""
     import torch
 
     from fieldpaint.data.fields import check_wrap
@@ -55,7 +55,7 @@ def test_demo_trains_the_conditional_model_on_the_masks_it_is_scored_on(tmp_path
     assert conditional.diffusion.terminal_fraction == 0.5 and unconditional.diffusion.terminal_fraction == 0.0
     assert (plan.conditional.samples, plan.conditional.steps) == (10, 10)
     assert plan.unconditional.samples == 3
-    assert conditional.model.wrap == unconditional.model.wrap == "x"
+    assert conditional.model.wrap == unconditional.model.wrap == "xy"
     check_wrap(conditional.model.wrap, DEMO_PERIODIC, (plan.height, plan.width),
                (conditional.data.height, conditional.data.width))
 
