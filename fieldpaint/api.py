@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import xarray as xr
 
-from fieldpaint.data.grid import crop, fit_shape, pad_to, reconstruct_tiled
+from fieldpaint.data.grid import check_wrap_extent, crop, fit_shape, pad_to, reconstruct_tiled
 from fieldpaint.errors import DataError, FieldpaintError
 
 TILE_SEED_STRIDE = 7919  # tile i samples with seed + i * TILE_SEED_STRIDE: tiles are independent
@@ -55,11 +55,7 @@ class OnModelGrid:
         from fieldpaint.reconstruct import Reconstruction
 
         started, original = time.perf_counter(), tuple(obs.shape[-2:])
-        for axis, name, size, model_size in (("y", "rows", original[0], self.grid[0]),
-                                             ("x", "columns", original[1], self.grid[1])):
-            if axis in self.wrap and size != model_size:
-                raise DataError(f"the model wraps around along {axis} (model.wrap {self.wrap!r}) on {model_size} "
-                                f"{name}; these fields have {size}: it reconstructs only fields of its own extent there")
+        check_wrap_extent(self.wrap, original, self.grid, "these fields have")
         held = fit_shape(original, self.grid)
         obs, mask, valid = (pad_to(a, held) for a in (obs, mask, valid))  # padding: mask 0, valid 0
         if held == self.grid:

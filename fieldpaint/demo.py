@@ -49,7 +49,7 @@ DEMO_TERMINAL_FRACTION = 0.5
 # observations place the phase within it. One 15-minute run each on 2 AVX512-BF16 cores, the same
 # test cases, at 90 / 95 / 99 % hidden against gp-dataset: zero padding (23 epochs) random 0.45 /
 # 0.38 / 0.67, tracks 0.71 / 0.77 / 0.95; wrapped along x (23 epochs) 0.42 / 0.36 / 0.66, 0.69 /
-# 0.76 / 0.94; along x and y (20 epochs, a slower hour) 0.38 / 0.32 / 0.65, 0.68 / 0.74 / 0.94.
+# 0.76 / 0.94; along x and y (20 epochs: its step costs more) 0.38 / 0.32 / 0.65, 0.68 / 0.74 / 0.94.
 DEMO_WRAP = "xy"
 
 

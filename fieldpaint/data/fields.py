@@ -33,7 +33,7 @@ import xarray as xr
 from torch.utils.data import Dataset
 
 from fieldpaint.config import MIN_GRID, PERIODICITIES, Config, DataConfig
-from fieldpaint.data.grid import crop_generator, crop_offsets, fit_shape, pad_fields, take_crops
+from fieldpaint.data.grid import check_wrap_extent, crop_generator, crop_offsets, fit_shape, pad_fields, take_crops
 from fieldpaint.data.io import SPLIT_VALUES, SPLIT_VARIABLE, open_dataset
 from fieldpaint.data.layout import (X_DIM_NAMES, Y_DIM_NAMES, SAMPLE_DIM_NAMES, GridLayout,  # noqa: F401
                                     dataset_layout, file_variables, find_layout, gridded_variables)
@@ -61,16 +61,11 @@ def check_wrap(wrap: str, periodic: tuple[bool, bool], file_grid: tuple[int, int
     """A model whose convolutions wrap around along `wrap` (model.wrap) fits this data: the field is
     periodic along those axes (`periodic`, (y, x)) and the file's grid there is the model's, so the
     pixel across the edge is the field's own neighbour, not padding or another crop's."""
-    for axis, name, is_periodic, size, model_size in (("y", "rows", periodic[0], file_grid[0], model_grid[0]),
-                                                      ("x", "columns", periodic[1], file_grid[1], model_grid[1])):
-        if axis not in wrap:
-            continue
-        if not is_periodic:
+    for axis, is_periodic in zip("yx", periodic):
+        if axis in wrap and not is_periodic:
             raise DataError(f"model.wrap is {wrap!r} but the data is not periodic along {axis} (data.periodic, or "
                             f"the file's `periodic` attribute): set data.periodic, or model.wrap without {axis}")
-        if size != model_size:
-            raise DataError(f"model.wrap is {wrap!r} but the file has {size} {name} and the model {model_size}: a "
-                            f"model that wraps around along {axis} needs the whole periodic extent there")
+    check_wrap_extent(wrap, file_grid, model_grid, "the file has")
 
 
 def check_wrap_on_file(data_config: DataConfig, wrap: str) -> None:

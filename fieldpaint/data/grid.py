@@ -28,6 +28,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from fieldpaint.errors import DataError
+
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 Shape = tuple[int, int]
 
@@ -87,6 +89,17 @@ def fit_shape(grid: Shape, model: Shape) -> Shape:
     """The grid data of `grid` is held at for a model of grid `model`: padded to the model's size
     along an axis where it is smaller, kept (for crops or tiles) where it is larger."""
     return (max(grid[0], model[0]), max(grid[1], model[1]))
+
+
+def check_wrap_extent(wrap: str, grid: Shape, model: Shape, holder: str) -> None:
+    """DataError unless `grid` equals the `model` grid along every axis in `wrap` (model.wrap): a
+    model whose convolutions wrap around there needs the field's whole periodic extent, not a
+    padded grid, a crop or a tile, whose edge is not where the field wraps. `holder` ('the file
+    has', 'these fields have') opens the message's count."""
+    for axis, name, size, model_size in (("y", "rows", grid[0], model[0]), ("x", "columns", grid[1], model[1])):
+        if axis in wrap and size != model_size:
+            raise DataError(f"model.wrap is {wrap!r}, but {holder} {size} {name} and the model {model_size}: a "
+                            f"model that wraps around along {axis} takes only its own extent there")
 
 
 # ----------------------------------------------------------------------------------------------
