@@ -96,6 +96,7 @@ class FieldReconstructor:
     gp: dict | None = None
     sampler: dict | None = None
     tile_overlap: int | None = None  # pixels shared by neighbouring tiles on a grid larger than the model's
+    symmetric_frames: bool = False  # members also drawn in the frames of the symmetries the observations declare
 
     def reconstruct(self, observations: xr.Dataset, *, variables: list[str] | None = None,
                     mask_variable: str | None = None, valid_variable: str | None = None, samples: int = 8,
@@ -128,12 +129,38 @@ class FieldReconstructor:
         baseline = BaselineData(stats, {}, load_train=_train_loader(self.run, self.train_data, variables, stats))
         method = build_reconstructor(self.method, run=self.run, data=baseline, sampler=self.sampler or {},
                                      gp=self.gp or {}, seed=seed)
+        if self.symmetric_frames:
+            method = _in_symmetric_frames(method, spec, observations.attrs, stats, obs.values.shape[-2:], self.run)
         if spec.needs != "data":  # the model's grid: pad, tile, crop back
             method = on_model_grid(method, self.run.config, self.tile_overlap)
         attrs = {"method": self.method, "checkpoint": str(self.run.checkpoint) if self.run is not None else ""}
         return reconstruct_observations(method, obs, variables, stats, samples=samples, seed=seed, attrs=attrs,
                                         history=history or history_line(f"fieldpaint.reconstructor("
                                                                         f"method={self.method!r}).reconstruct"))
+
+
+def _in_symmetric_frames(method, spec, attrs, stats, grid: tuple[int, int], run):
+    """`method` drawing member k in the frame of symmetry k mod n of those the observations' file
+    declares (its `symmetries` attribute, fieldpaint.data.symmetry); a one-line error where there are
+    none, the method is a baseline, or the grid is not the model's (a padded or tiled field's frames
+    are not the field's)."""
+    from fieldpaint.data.fields import periodic_axes
+    from fieldpaint.data.symmetry import data_symmetries
+
+    if spec.needs == "data":
+        raise FieldpaintError(f"symmetric frames apply to diffusion methods, not {spec.name}")
+    model_grid = (run.config.data.height, run.config.data.width)
+    if tuple(grid) != model_grid:
+        raise FieldpaintError(f"symmetric frames need the model's grid {model_grid[0]}x{model_grid[1]}; the "
+                              f"observations are {grid[0]}x{grid[1]}")
+    from fieldpaint.reconstruct import on_innermost
+
+    symmetries = data_symmetries("auto", attrs, stats.variables, periodic_axes(run.config.data.periodic, attrs),
+                                 model_grid, stats)
+    if len(symmetries) < 2:
+        raise FieldpaintError("symmetric frames: the observations' file declares no symmetries (its `symmetries` "
+                              "attribute, see fieldpaint.data.symmetry)")
+    return on_innermost(method, lambda core: core.with_symmetries(symmetries))
 
 
 def _mark_never_valid(obs, run) -> None:
@@ -174,10 +201,12 @@ def default_mean_step(run, method: str) -> int | None:
 
 def reconstructor(run: str | os.PathLike | None = None, *, method: str | None = None,
                   train_data: str | os.PathLike | None = None, gp: dict | None = None,
-                  tile_overlap: int | None = None, **sampler_options) -> FieldReconstructor:
+                  tile_overlap: int | None = None, symmetric_frames: bool = False,
+                  **sampler_options) -> FieldReconstructor:
     """A reconstructor from a run folder or checkpoint (diffusion methods; baselines may use its
     statistics and training data), or from a baseline's name alone (`method="gp"`). Diffusion
-    methods take any grid (`OnModelGrid`); `tile_overlap` sets the tiles' overlap in pixels.
+    methods take any grid (`OnModelGrid`); `tile_overlap` sets the tiles' overlap in pixels;
+    `symmetric_frames` draws the members in the frames of the observations' declared symmetries.
     `sampler_options` are DiffusionReconstructor's (steps, eta, mean_step, precision, ...); precision
     is "auto" unless given, as on the command line, and mean_step `default_mean_step` (None given:
     the members' average)."""
@@ -197,7 +226,7 @@ def reconstructor(run: str | os.PathLike | None = None, *, method: str | None = 
             raise FieldpaintError(f"method {method!r} needs a trained run (a run folder or checkpoint)")
         sampler_options.setdefault("precision", "auto")  # as `fieldpaint inpaint --precision` by default
         sampler_options.setdefault("mean_step", default_mean_step(loaded, method))
-    return FieldReconstructor(method, loaded, train_data, gp, sampler_options, tile_overlap)
+    return FieldReconstructor(method, loaded, train_data, gp, sampler_options, tile_overlap, symmetric_frames)
 
 
 def _train_loader(run, train_data, variables: list[str], stats):

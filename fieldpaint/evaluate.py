@@ -311,8 +311,9 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
     and skips the kriging already scored in every group: methods can be added to an evaluation
     without fitting its kriging again."""
     from fieldpaint.data.fields import periodic_axes
+    from fieldpaint.data.symmetry import data_symmetries
     from fieldpaint.reconstruct import BaselineData
-    from fieldpaint.mean_step import mean_steps_for
+    from fieldpaint.mean_step import mean_steps_for, with_symmetric_frames
     from fieldpaint.reference import choose_references, resumed_references, split_validation
     from fieldpaint.report import write_report
 
@@ -333,6 +334,11 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
         candidates = () if REFERENCE in done else tuple(sorted({c["chosen"] for c in chosen.values()}))
     built = build_methods(methods, runs, baseline, sampler=sampler or {}, gp=gp or {}, seed=seed,
                           per_method=per_method, candidates=candidates, done=done)
+    symmetries = data_symmetries(getattr(data, "symmetries", "auto"), attrs, data.variables, baseline.periodic,
+                                 tuple(fields.x.shape[-2:]), stats)
+    built, symmetric = with_symmetric_frames(built, symmetries, tuple(fields.x.shape[-2:]))
+    if symmetric:
+        header = {**(header or {}), "symmetric frames": symmetric_frames_line(symmetries, symmetric)}
     steps = mean_steps_for(built, mean_step, validation, families, coverages, samples=samples, seed=seed,
                            periodic=baseline.periodic)
     if chosen:
@@ -354,6 +360,13 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
     if not report:
         return out / "cases.csv"
     return write_report(out, stats, [run.path for run in runs], dict(header or {}), reference=REFERENCE)
+
+
+def symmetric_frames_line(symmetries: tuple, labels: list[str]) -> str:
+    """The report header's account of the symmetric frames the methods `labels` drew their members in."""
+    described = "; ".join(s.describe() for s in symmetries[1:])
+    return (f"{', '.join(labels)}: member k of K drawn in frame k mod {len(symmetries)} of the data's declared "
+            f"symmetries (the identity; {described}) and mapped back")
 
 
 def scored_methods(out: Path, families: list[str], coverages: list[float]) -> set[str]:

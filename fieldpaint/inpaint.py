@@ -161,6 +161,8 @@ def reconstruct_observations(method, obs: Observations, variables: list[str], st
         attrs["mean_step"] = int(method.mean_step)
     if getattr(method, "frames", "fixed") != "fixed":  # members drawn in rolled frames
         attrs["frames"] = method.frames
+    if getattr(method, "symmetries", ()):  # and in the frames of the data's symmetries
+        attrs["symmetric_frames"] = len(method.symmetries)
     if hasattr(method, "sigma_y"):
         from fieldpaint.diffusion.sigma_y import sigma_y_attribute
 

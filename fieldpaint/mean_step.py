@@ -81,11 +81,28 @@ def choose_mean_steps(methods: dict[str, tuple[object, int]], validation: FieldS
                                                   seed + VALIDATION_SEED)) for f in frames}
                 best = min(frames, key=lambda f: tried[f][1][tried[f][0] - 1])  # min keeps the first of equals
                 chosen, scores = tried[best]
-                group[label] = {"chosen": chosen, "steps": len(scores), "frames": best, "validation_gmean_mse": scores,
+                group[label] = {"chosen": chosen, "steps": len(scores), "frames": best,
+                                "symmetric_frames": max(1, len(getattr(method, "symmetries", ()))),
+                                "validation_gmean_mse": scores,
                                 "frames_validation_gmean_mse": {f: s[c - 1] for f, (c, s) in tried.items()},
                                 "fields": len(validation)}
             choices[(family, coverage)] = group
     return choices
+
+
+def with_symmetric_frames(methods: dict[str, Reconstructor], symmetries: tuple, grid: tuple[int, int]
+                          ) -> tuple[dict[str, Reconstructor], list[str]]:
+    """`methods` with every diffusion method on `grid` (the data's, so the symmetries' pixels are its)
+    drawing member k in the frame of symmetries[k mod their number] (DiffusionReconstructor's
+    `with_symmetries`), and the labels of those methods; unchanged with the identity alone."""
+    from fieldpaint.reconstruct import innermost, on_innermost
+
+    if len(symmetries) < 2:
+        return methods, []
+    changed = [label for label, m in methods.items() if hasattr(innermost(m), "with_symmetries")
+               and (innermost(m).config.data.height, innermost(m).config.data.width) == tuple(grid)]
+    return {label: on_innermost(m, lambda core: core.with_symmetries(symmetries)) if label in changed else m
+            for label, m in methods.items()}, changed
 
 
 def conditional_cores(methods: dict[str, Reconstructor]) -> dict[str, Reconstructor]:

@@ -85,11 +85,17 @@ def with_mean_step(method: Reconstructor, step: int | None, frames: str = "fixed
     """`method` (a DiffusionReconstructor, possibly in wrappers) with its mean from sampling step `step`
     and its members drawn in the `frames` given (DiffusionReconstructor's); the wrappers are copied,
     not changed."""
+    return on_innermost(method, lambda core: core.with_mean_step(step).with_frames(frames))
+
+
+def on_innermost(method: Reconstructor, change) -> Reconstructor:
+    """`method` with `change` applied to the reconstructor inside its wrappers (`innermost`); the
+    wrappers are copied, not changed."""
     inner = getattr(method, "inner", None)
     if inner is None:
-        return method.with_mean_step(step).with_frames(frames)
+        return change(method)
     outer = copy.copy(method)
-    outer.inner = with_mean_step(inner, step, frames)
+    outer.inner = on_innermost(inner, change)
     return outer
 
 

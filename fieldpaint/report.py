@@ -121,9 +121,12 @@ def kriging_table(summary: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def _frames_cell(frames: str, tried: dict[str, float]) -> str:
-    """'fixed', or e.g. 'rolled along x (fixed: 0.612)': the frames chosen and the others' validation MSE."""
+def _frames_cell(frames: str, tried: dict[str, float], symmetric: int = 1) -> str:
+    """'fixed', or e.g. 'rolled along x (fixed: 0.612)': the frames chosen and the others' validation MSE;
+    'x 4 symmetric frames' when the members were also drawn in the data's symmetries."""
     name = "fixed" if frames == "fixed" else f"rolled along {frames}"
+    if symmetric > 1:
+        name += f" x {symmetric} symmetric frames"
     others = ", ".join(f"{f}: {_fmt(v)}" for f, v in tried.items() if f != frames)
     return f"{name} ({others})" if others else name
 
@@ -145,8 +148,9 @@ def mean_step_table(out: Path) -> list[str]:
              f"Per mask family and coverage, {how} (step 1 is the noisiest; the last step is the members' own "
              "average). On periodic data the members' frames are chosen with it: fixed, or member k of K rolled by "
              "k/K of the field along a periodic axis (in brackets, the other candidates' validation MSE at their "
-             "best step). Spread/skill for such a mean compares it with the members' spread without the K-member "
-             "correction.", "",
+             "best step); on data that declares symmetries, member k also in the frame of symmetry k mod their "
+             "number (the header names them). Spread/skill for such a mean compares it with the members' spread "
+             "without the K-member correction.", "",
              "| mask | coverage | method | members' frames | mean from step | validation MSE there | validation MSE "
              "of the members' average |", "|---|---|---|---|---|---|---|"]
     for c in choices:
@@ -155,7 +159,8 @@ def mean_step_table(out: Path) -> list[str]:
         step = "the members' average" if chosen == int(c["steps"]) else f"{chosen} of {c['steps']}"
         there = _fmt(scores[chosen - 1]) if scores else "n/a"
         last = _fmt(scores[-1]) if scores else "n/a"
-        frames = _frames_cell(c.get("frames", "fixed"), c.get("frames_validation_gmean_mse") or {})
+        frames = _frames_cell(c.get("frames", "fixed"), c.get("frames_validation_gmean_mse") or {},
+                              int(c.get("symmetric_frames", 1)))
         lines.append(f"| {c['mask']} | {percent(c['coverage'])} | {c['method']} | {frames} | {step} | {there} | "
                      f"{last} |")
     return lines + [""]

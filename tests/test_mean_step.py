@@ -12,7 +12,8 @@ from conftest import train_tiny_grf_run
 from fieldpaint.cli import main
 from fieldpaint.config import from_dict
 from fieldpaint.data.fields import FieldSplit, FieldStats
-from fieldpaint.diffusion.reconstructor import DiffusionReconstructor, KeptSteps, member_shift
+from fieldpaint.diffusion.frames import member_shift
+from fieldpaint.diffusion.reconstructor import DiffusionReconstructor, KeptSteps
 from fieldpaint.diffusion.samplers import dpm_solver_2m
 from fieldpaint.diffusion.schedule import make_schedule
 from fieldpaint.errors import FieldpaintError

@@ -90,6 +90,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         if not diffusion:
             raise FieldpaintError(f"--frames applies to diffusion methods, not {args.method}")
         options["frames"] = args.frames
+    if args.symmetric_frames:
+        options["symmetric_frames"] = True
     attrs = inpaint_file(args.checkpoint, args.input, args.out, method=args.method,
                          variables=names(args.variables) if args.variables else None,
                          mask_variable=args.mask_variable, valid_variable=args.valid_variable,
@@ -201,6 +203,10 @@ def add_inpaint_parser(sub: argparse._SubParsersAction) -> None:
                         "axes and rolled back; only for a field that wraps around there with the same statistics "
                         "everywhere along it (`fieldpaint evaluate` chooses it on training fields for periodic "
                         "data and reports its choice)")
+    p.add_argument("--symmetric-frames", action="store_true",
+                   help="diffusion methods: also draw member k in the frame of symmetry k mod n of those the "
+                        "input file declares (its `symmetries` attribute; the Kolmogorov generator records its "
+                        "box's) and map it back; on the model's grid only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-progress", action="store_true")

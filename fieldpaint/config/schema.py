@@ -32,6 +32,7 @@ MaskFamily = Literal[MASK_FAMILIES]  # type: ignore[valid-type]  # built from th
 AttentionKind = Literal[ATTENTION_KINDS]  # type: ignore[valid-type]
 Architecture = Literal[ARCHITECTURES]  # type: ignore[valid-type]
 Periodic = Literal[("auto", *PERIODICITIES)]  # type: ignore[valid-type]
+Symmetries = Literal["auto", "none"]  # fieldpaint.data.symmetry.SYMMETRY_SETTINGS
 Wrap = Literal[WRAPS]  # type: ignore[valid-type]
 
 
@@ -132,6 +133,7 @@ class DataConfig(Section):
     test_fraction: float = number(0.1, gt=0.0, lt=1.0)  # used only when the file has no `split` variable
     train_samples: int | None = count(None, 1, 2**40)  # keep only the first N training samples (None = all)
     periodic: Periodic = "auto"  # axes the field wraps around on; "auto" = the file's `periodic` attribute, else none
+    symmetries: Symmetries = "auto"  # frames reconstructions may be drawn in; "auto" = the file's `symmetries` attribute
 
     def __post_init__(self) -> None:
         if not self.variables or self.height is None or self.width is None:

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fieldpaint.data.symmetry import kolmogorov_symmetries
 from fieldpaint.data.spectral import (DOMAIN_X, DOMAIN_Y, KolmogorovOperators, SpectralGrid, forcing_vorticity,
                                       lawson_rk4_step, output_fields)
 # Re-exported: callers (benchmarks/generate_kolmogorov.py) measure datasets with these.
+from fieldpaint.data.symmetry import kolmogorov_symmetries
 from fieldpaint.data.spectral import curl, divergence, energy_spectrum, enstrophy_spectrum  # noqa: F401
 from fieldpaint.data.workers import map_in_workers
 from fieldpaint.errors import ConfigError
@@ -343,6 +345,7 @@ def generate_kolmogorov(
         "domain_x": DOMAIN_X,
         "domain_y": DOMAIN_Y,
         "periodic": "xy",  # doubly periodic box: read by data.periodic = "auto"
+        "symmetries": kolmogorov_symmetries(plan.forcing_wavenumber),  # read by data.symmetries = "auto"
         "default_variables": "u,v",  # the velocity; vorticity is derived from it (data.variables = () reads this)
         "height": height,
         "width": width,

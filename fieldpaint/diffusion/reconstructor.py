@@ -40,7 +40,12 @@ member k of K is drawn in a frame rolled by k/K of the field along them and roll
 (`member_shift`): the network's zero-padded borders, which it never sees across, then sit elsewhere
 for every member, and the members' errors are less alike. That is right only where the field wraps
 and its statistics do not depend on the position along the axis; the evaluation chooses it on
-validation fields (fieldpaint.mean_step). Never-valid pixels are held at x0 = 0 in every sampler,
+validation fields (fieldpaint.mean_step). With `symmetries` (the data's declared ones,
+fieldpaint.data.symmetry, the identity first), member k is also drawn in the frame of symmetry
+k mod their number and mapped back: every frame is a case of the same distribution, and by the
+convexity of the squared error the members' mean over the frames is no worse in expectation than
+the mean in one frame with as many members (what differs between frames is the network's error,
+and averaging it can only shrink its mean square). Never-valid pixels are held at x0 = 0 in every sampler,
 as in training, and never scored. Values of `obs` at hidden pixels are ignored (NaN allowed).
 Everything is in normalised units.
 """
@@ -63,8 +68,10 @@ from fieldpaint.diffusion.samplers import (check_eps_deterministic, ddim, ddnm, 
                                            model_denoiser, repaint)
 from fieldpaint.diffusion.schedule import make_schedule
 from fieldpaint.diffusion.conditioning import conditioning_input
+from fieldpaint.data.symmetry import Symmetry
+from fieldpaint.diffusion.frames import MemberFrames, check_frames, member_shift
 from fieldpaint.errors import FieldpaintError
-from fieldpaint.reconstruct import FRAMES, Reconstruction, check_fits, ensemble_summary
+from fieldpaint.reconstruct import Reconstruction, check_fits, ensemble_summary
 from fieldpaint.diffusion.sigma_y import SigmaYOption, is_noisy_option, sigma_y_option
 from fieldpaint.runtime import resolve_precision, select_device
 
@@ -99,19 +106,6 @@ def sampling_precision(precision: str, method: str, prediction: str, device: tor
 CONDITIONAL = ("conditional", "conditional-dpm")
 
 
-def member_shift(member: int, members: int, height: int, width: int, frames: str) -> tuple[int, int]:
-    """(rows, columns) member `member` of `members` is rolled by: k/K of the field along each axis in
-    `frames`, so the K frames are evenly spaced around it and member 0's is the field's own."""
-    axes = "" if frames == "fixed" else frames  # ('fixed' has an x in it)
-    return (member * height // members if "y" in axes else 0,
-            member * width // members if "x" in axes else 0)
-
-
-def roll_rows(x: torch.Tensor, shifts: list[tuple[int, int]], sign: int = 1) -> torch.Tensor:
-    """Row i of (N, ..., H, W) rolled by sign * shifts[i] along (H, W)."""
-    return torch.stack([torch.roll(row, (sign * dy, sign * dx), dims=(-2, -1)) for row, (dy, dx) in zip(x, shifts)])
-
-
 def member_generator(seed: int, case: int, member: int) -> torch.Generator:
     """A CPU generator for member `member` of case `case`, seeded from (seed, case, member) through
     numpy's SeedSequence (well-mixed, so neighbouring seeds give unrelated streams)."""
@@ -133,8 +127,8 @@ class DiffusionReconstructor:
                  jump_length: int = 10, jump_n_sample: int = 10, eta: float | None = None,
                  sigma_y: SigmaYOption = 0.0,
                  cg_iterations: int = DEFAULT_CG_ITERATIONS, batch_size: int = 16, mean_step: int | None = None,
-                 precision: str = "fp32", frames: str = "fixed", device: str | torch.device = "cpu",
-                 progress: bool = False) -> None:
+                 precision: str = "fp32", frames: str = "fixed", symmetries: tuple[Symmetry, ...] = (),
+                 device: str | torch.device = "cpu", progress: bool = False) -> None:
         check_fits(method, config.model.conditioning)
         steps = DEFAULT_STEPS[method] if steps is None else steps
         eta = DEFAULT_ETA.get(method, 1.0) if eta is None else eta  # (ignored by repaint)
@@ -170,6 +164,7 @@ class DiffusionReconstructor:
             self.model = copy.deepcopy(self.model).to(memory_format=torch.channels_last)
         self.config, self.method, self.steps, self.eta, self.sigma_y = config, method, steps, eta, sigma_y
         self.jump_length, self.jump_n_sample, self.frames = jump_length, jump_n_sample, frames
+        self.symmetries = tuple(symmetries)
         self.batch_size, self.progress = batch_size, progress
         self.mean_step = None if mean_step == steps else mean_step  # step S is the members' average
         self.schedule = make_schedule(config.diffusion.schedule, T)
@@ -197,6 +192,13 @@ class DiffusionReconstructor:
         check_frames(frames)
         other = copy.copy(self)
         other.frames = frames
+        return other
+
+    def with_symmetries(self, symmetries: tuple[Symmetry, ...]) -> "DiffusionReconstructor":
+        """The same model and sampler, member k also drawn in the frame of symmetries[k mod their
+        number] (the identity first; () or the identity alone: none)."""
+        other = copy.copy(self)
+        other.symmetries = () if all(s.is_identity for s in symmetries) else tuple(symmetries)
         return other
 
     def _sample(self, obs: torch.Tensor, mask: torch.Tensor, fixed: torch.Tensor, generators: list[torch.Generator],
@@ -302,17 +304,16 @@ class DiffusionReconstructor:
         for start in range(0, len(pairs), self.batch_size):
             chunk = pairs[start:start + self.batch_size]
             cases = torch.tensor([b for b, _ in chunk], device=self.device)
-            shifts = [member_shift(k, samples, *obs.shape[2:], self.frames) for _, k in chunk]
-
-            def framed(t: torch.Tensor) -> torch.Tensor:
-                return t[cases] if self.frames == "fixed" else roll_rows(t[cases], shifts)
-
-            x, nfe, kept = self._sample(framed(obs), framed(observed), framed(fixed),
+            frame = MemberFrames([member_shift(k, samples, *obs.shape[2:], self.frames) for _, k in chunk],
+                                 [self.symmetries[k % len(self.symmetries)] for _, k in chunk] if self.symmetries
+                                 else None)
+            x, nfe, kept = self._sample(frame(obs[cases]), frame(observed[cases], signed=False),
+                                        frame(fixed[cases], signed=False),
                                         [member_generator(seed, b, k) for b, k in chunk],
-                                        framed(noise) if isinstance(noise, torch.Tensor) else noise, keep)
-            if self.frames != "fixed":
-                x = roll_rows(x, shifts, -1)
-                kept = None if kept is None else torch.stack([roll_rows(step, shifts, -1) for step in kept])
+                                        frame(noise[cases], signed=False) if isinstance(noise, torch.Tensor)
+                                        else noise, keep)
+            x = frame.back(x)
+            kept = None if kept is None else torch.stack([frame.back(step) for step in kept])
             for row, (b, k) in enumerate(chunk):
                 members[b, k] = x[row].cpu()
                 if kept is not None:
@@ -347,11 +348,6 @@ def check_mean_step(mean_step: int | None, method: str, steps: int) -> None:
                               f"not {method}")
     if isinstance(mean_step, bool) or not isinstance(mean_step, int) or not 1 <= mean_step <= steps:
         raise FieldpaintError(f"mean_step must be a sampling step from 1 to {steps} (the steps), got {mean_step!r}")
-
-
-def check_frames(frames: str) -> None:
-    if frames not in FRAMES:
-        raise FieldpaintError(f"frames must be one of {', '.join(FRAMES)}, got {frames!r}")
 
 
 class KeptSteps:
