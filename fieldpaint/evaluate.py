@@ -334,9 +334,9 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
         candidates = () if REFERENCE in done else tuple(sorted({c["chosen"] for c in chosen.values()}))
     built = build_methods(methods, runs, baseline, sampler=sampler or {}, gp=gp or {}, seed=seed,
                           per_method=per_method, candidates=candidates, done=done)
-    symmetries = data_symmetries(getattr(data, "symmetries", "auto"), attrs, data.variables, baseline.periodic,
-                                 tuple(fields.x.shape[-2:]), stats)
-    built, symmetric = with_symmetric_frames(built, symmetries, tuple(fields.x.shape[-2:]))
+    grid = tuple(fields.x.shape[-2:])
+    built, symmetric, symmetries = with_symmetric_frames(built, lambda: data_symmetries(
+        getattr(data, "symmetries", "auto"), attrs, data.variables, baseline.periodic, grid, stats), grid)
     if symmetric:
         header = {**(header or {}), "symmetric frames": symmetric_frames_line(symmetries, symmetric)}
     steps = mean_steps_for(built, mean_step, validation, families, coverages, samples=samples, seed=seed,

@@ -90,19 +90,22 @@ def choose_mean_steps(methods: dict[str, tuple[object, int]], validation: FieldS
     return choices
 
 
-def with_symmetric_frames(methods: dict[str, Reconstructor], symmetries: tuple, grid: tuple[int, int]
-                          ) -> tuple[dict[str, Reconstructor], list[str]]:
+def with_symmetric_frames(methods: dict[str, Reconstructor], symmetries, grid: tuple[int, int]
+                          ) -> tuple[dict[str, Reconstructor], list[str], tuple]:
     """`methods` with every diffusion method on `grid` (the data's, so the symmetries' pixels are its)
     drawing member k in the frame of symmetries[k mod their number] (DiffusionReconstructor's
-    `with_symmetries`), and the labels of those methods; unchanged with the identity alone."""
+    `with_symmetries`), the labels of those methods and the symmetries; unchanged with the identity
+    alone. `symmetries()` gives them, called only when a diffusion method is on that grid (a
+    baselines-only evaluation never reads the declaration)."""
     from fieldpaint.reconstruct import innermost, on_innermost
 
-    if len(symmetries) < 2:
-        return methods, []
     changed = [label for label, m in methods.items() if hasattr(innermost(m), "with_symmetries")
                and (innermost(m).config.data.height, innermost(m).config.data.width) == tuple(grid)]
-    return {label: on_innermost(m, lambda core: core.with_symmetries(symmetries)) if label in changed else m
-            for label, m in methods.items()}, changed
+    frames = symmetries() if changed else ()
+    if len(frames) < 2:
+        return methods, [], ()
+    return {label: on_innermost(m, lambda core: core.with_symmetries(frames)) if label in changed else m
+            for label, m in methods.items()}, changed, frames
 
 
 def conditional_cores(methods: dict[str, Reconstructor]) -> dict[str, Reconstructor]:

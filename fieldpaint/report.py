@@ -123,10 +123,10 @@ def kriging_table(summary: pd.DataFrame) -> list[str]:
 
 def _frames_cell(frames: str, tried: dict[str, float], symmetric: int = 1) -> str:
     """'fixed', or e.g. 'rolled along x (fixed: 0.612)': the frames chosen and the others' validation MSE;
-    'x 4 symmetric frames' when the members were also drawn in the data's symmetries."""
+    '..., in 4 symmetric frames' when the members were also drawn in the data's symmetries."""
     name = "fixed" if frames == "fixed" else f"rolled along {frames}"
     if symmetric > 1:
-        name += f" x {symmetric} symmetric frames"
+        name += f", in {symmetric} symmetric frames"
     others = ", ".join(f"{f}: {_fmt(v)}" for f, v in tried.items() if f != frames)
     return f"{name} ({others})" if others else name
 

@@ -133,15 +133,41 @@ def test_a_member_in_a_symmetric_frame_is_the_plain_sampler_on_transformed_input
     assert method.with_symmetries(frames[:1]).symmetries == ()  # the identity alone is no frames
 
 
+def test_a_sign_offset_reaches_neither_the_unobserved_nor_the_never_valid_pixels():
+    """A variable with a non-zero mean flipped in sign (normalised offset -2m/σ): members keep the
+    observations exact and 0 where never valid, and member 1 is the plain sampler on inputs whose
+    unobserved pixels are 0 (as in training), mapped back."""
+    method = tiny_conditional(steps=2)
+    obs, mask, valid = tiny_case()
+    g = Symmetry("x", (0, 0), (True, True), (-1.0,)).normalised((2.0,), (1.0,))
+    assert g.offsets == (-4.0,)
+    frames = (Symmetry("", (0, 0), (True, True), (1.0,)), g)
+    drawn = method.with_symmetries(frames).reconstruct(obs, mask, valid, samples=2, seed=1)
+    observed = (mask > 0.5) & (valid > 0.5)
+    torch.testing.assert_close(drawn.members[:, 1][observed], obs[observed], rtol=0, atol=1e-6)  # -(-z - 4) - 4
+    assert torch.equal(drawn.mean[observed], obs[observed])
+    assert (drawn.members[:, 1][(valid < 0.5).expand_as(obs)] == 0).all()
+    moved = g.apply(obs) * g.apply(mask, False)
+    rec = method.reconstruct(moved, g.apply(mask, False), g.apply(valid, False), samples=2, seed=1)
+    land = (valid < 0.5).expand_as(obs)
+    torch.testing.assert_close(drawn.members[:, 1], g.invert(rec.members[:, 1]).masked_fill(land, 0.0),
+                               rtol=0, atol=1e-5)
+
+
 def test_symmetric_frames_go_to_the_diffusion_methods_on_the_data_grid_only():
     method = tiny_conditional(steps=2)
     frames = kolmogorov_frames(16, 16, ("u",))
     methods = {"cond": FixedMembers(method, 4), "other": "a baseline"}
-    changed, labels = with_symmetric_frames(methods, frames, (16, 16))
-    assert labels == ["cond"] and len(innermost(changed["cond"]).symmetries) == 4
+    changed, labels, used = with_symmetric_frames(methods, lambda: frames, (16, 16))
+    assert labels == ["cond"] and len(innermost(changed["cond"]).symmetries) == 4 and used == frames
     assert innermost(methods["cond"]).symmetries == () and changed["other"] == "a baseline"
-    assert with_symmetric_frames(methods, frames, (16, 32))[1] == []  # another grid: the pixels are not its
-    assert with_symmetric_frames(methods, frames[:1], (16, 16))[1] == []
+
+    def unread():
+        raise AssertionError("the declaration is read only for a diffusion method on the grid")
+
+    assert with_symmetric_frames(methods, unread, (16, 32))[1] == []  # another grid: the pixels are not its
+    assert with_symmetric_frames({"other": "a baseline"}, unread, (16, 16))[1] == []
+    assert with_symmetric_frames(methods, lambda: frames[:1], (16, 16))[1] == []
 
 
 def test_a_symmetry_on_normalised_fields_is_the_physical_one_in_normalised_units():
@@ -202,3 +228,36 @@ def test_inpaint_draws_members_in_the_frames_the_input_declares(tiny_run, tmp_pa
         assert main(changed + extra) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and not target.exists()
+
+
+def _declare(path, value):
+    import netCDF4
+
+    with netCDF4.Dataset(path, "a") as ds:
+        ds.symmetries = value
+
+
+def test_evaluate_draws_the_diffusion_members_in_the_declared_frames_and_says_so(tiny_run, tmp_path):
+    """End to end: with the training file declaring a symmetry, mean_step.json records 2 frames and
+    the report's header names them; a malformed declaration stops an evaluation of the model before
+    anything is written, and does not concern one of the baselines alone."""
+    from fieldpaint.evaluate import evaluate_and_report
+    from fieldpaint.runs import load_run
+
+    data = tiny_run / "grf.nc"
+    options = dict(families=["random"], coverages=[0.9], n=2, samples=2, validation_fields=2, progress=False)
+    _declare(data, json.dumps([{"reflect": "xy", "signs": {"field": 1}}]))
+    run = load_run(tiny_run / "run")
+    evaluate_and_report(tmp_path / "eval", runs=[run], methods=["conditional-dpm", "linear"],
+                        sampler={"steps": 2}, **options)
+    choices = json.loads((tmp_path / "eval" / "mean_step.json").read_text())
+    assert [c["symmetric_frames"] for c in choices] == [2]
+    header = (tmp_path / "eval" / "report.md").read_text()
+    assert "symmetric frames: conditional-dpm: member k of K drawn in frame k mod 2" in header
+    assert "reflected along x and y" in header
+    _declare(data, "[{")
+    with pytest.raises(DataError, match="not JSON"):
+        evaluate_and_report(tmp_path / "bad", runs=[run], methods=["conditional-dpm"], sampler={"steps": 2}, **options)
+    assert not (tmp_path / "bad").exists()
+    evaluate_and_report(tmp_path / "kriging", runs=[], data_path=str(data), methods=["linear"], **options)
+    _declare(data, "")

@@ -307,12 +307,13 @@ class DiffusionReconstructor:
             frame = MemberFrames([member_shift(k, samples, *obs.shape[2:], self.frames) for _, k in chunk],
                                  [self.symmetries[k % len(self.symmetries)] for _, k in chunk] if self.symmetries
                                  else None)
-            x, nfe, kept = self._sample(frame(obs[cases]), frame(observed[cases], signed=False),
-                                        frame(fixed[cases], signed=False),
+            seen, land = frame(observed[cases], signed=False), frame(fixed[cases], signed=False)
+            # a sign's offset (data.symmetry, normalised units) must not reach unobserved or never-valid pixels
+            x, nfe, kept = self._sample(frame(obs[cases]) * seen, seen, land,
                                         [member_generator(seed, b, k) for b, k in chunk],
                                         frame(noise[cases], signed=False) if isinstance(noise, torch.Tensor)
                                         else noise, keep)
-            x = frame.back(x)
+            x = frame.back(x).masked_fill(fixed[cases].to(x.device), 0.0)
             kept = None if kept is None else torch.stack([frame.back(step) for step in kept])
             for row, (b, k) in enumerate(chunk):
                 members[b, k] = x[row].cpu()
