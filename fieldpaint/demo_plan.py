@@ -52,6 +52,9 @@ SLOW_BF16_CPU = CpuSizing(FP32_CPU.widths, BF16_CPU.n_train, FP32_CPU.batch_size
 # 90 / 95 % hidden, about what FP32_CPU's model gave at 17-24 epochs in fp32 (0.84 / 0.86, 0.81 / 0.83);
 # at 2 (0.77 s a step at a slow hour) it lost to kriging at random 90 % hidden (2.0).
 LARGE_MIN_EPOCHS = 10
+# ... of the 15-minute plan's data: what counts is the training steps, so a longer run on more data
+# (4x at 60 minutes) keeps the model at fewer epochs (9 there were 1,800 steps of 32).
+LARGE_MIN_STEPS = LARGE_MIN_EPOCHS * (BF16_CPU.n_train // BF16_CPU.batch_size)
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,7 @@ def step_from_epoch(measured_s: float, steps_per_epoch: int, eval_batches: int) 
 def fit_to_pace(plan: DemoPlan, minutes: float, elapsed_s: float, step_s: float | None,
                 trained: tuple[int, ...] | None = None) -> tuple[DemoPlan, str | None]:
     """BF16_CPU's plan, or SLOW_BF16_CPU's on the same data where BF16_CPU's conditional model,
-    at `step_s` seconds a step (its probe), would train fewer than LARGE_MIN_EPOCHS epochs in what
+    at `step_s` seconds a step (its probe), would train fewer than LARGE_MIN_STEPS steps in what
     the budget leaves after `elapsed_s`. A conditional run already begun keeps its widths
     (`trained`). Returns the plan and, when it changed, why (for the log and the report)."""
     if trained is not None:
@@ -229,11 +232,11 @@ def fit_to_pace(plan: DemoPlan, minutes: float, elapsed_s: float, step_s: float 
     steps_per_epoch = max(1, plan.n_train // plan.batch_size)
     seconds = conditional_seconds(minutes * 60, elapsed_s, step_s, plan)
     epochs = epochs_for_budget(seconds, step_s, steps_per_epoch, epoch_eval_batches(plan), minimum=0)
-    if epochs >= LARGE_MIN_EPOCHS:
+    if epochs * steps_per_epoch >= LARGE_MIN_STEPS:
         return plan, None
     return cpu_plan(minutes, SLOW_BF16_CPU, plan.n_train), (
         f"{list(SLOW_BF16_CPU.widths)}: the {list(plan.conditional.channels)} model ran at {step_s:.2f} s a step, "
-        f"which leaves it {epochs} epochs (fewer than {LARGE_MIN_EPOCHS})")
+        f"which leaves it {epochs} epochs, {epochs * steps_per_epoch} steps (fewer than {LARGE_MIN_STEPS})")
 
 
 def epoch_eval_batches(plan: DemoPlan) -> int:

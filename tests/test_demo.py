@@ -223,14 +223,16 @@ def test_without_native_bf16_the_conditional_model_is_sized_for_fp32(tmp_path, m
 
 
 def test_a_bf16_machine_too_slow_for_the_large_model_trains_the_small_one():
-    """BF16_CPU's model only where its budget buys LARGE_MIN_EPOCHS epochs. Measured at a slow hour on
+    """BF16_CPU's model only where its budget buys LARGE_MIN_STEPS steps (LARGE_MIN_EPOCHS epochs of the
+    15-minute plan's data). Measured at a slow hour on
     2 AMX cores: data and the unconditional model 257 s, the large model's probe 0.77 s a step; the
     model got 2 epochs and lost to kriging at random 90 % hidden. With the kriging scored first
     (~100 s more elapsed) and the validation fields sampled once per frame candidate, that hour
     leaves 855 - 357 - 485 s of diffusion evaluation = 13 s, no epoch of 41 s; a normal hour
     (139 + 60 s, 0.40 s) leaves 856 - 199 - 266 = 390 s, 17 epochs of 21.8 s."""
-    from fieldpaint.demo import (FP32_CPU, LARGE_MIN_EPOCHS, SLOW_BF16_CPU, cpu_plan, diffusion_eval_seconds,
-                                 epoch_seconds, fit_to_pace, make_plan)
+    from fieldpaint.demo import (FP32_CPU, LARGE_MIN_EPOCHS, LARGE_MIN_STEPS, SLOW_BF16_CPU, conditional_seconds,
+                                 cpu_plan, diffusion_eval_seconds, epoch_seconds, epochs_for_budget, fit_to_pace,
+                                 make_plan)
 
     plan = make_plan(15, torch.device("cpu"), bf16=True)
     spe, eval_batches = 50, 6
@@ -242,7 +244,8 @@ def test_a_bf16_machine_too_slow_for_the_large_model_trains_the_small_one():
     assert (large_epochs(357, 0.77), large_epochs(199, 0.40)) == (0, 17)
     assert fit_to_pace(plan, 15, 199, 0.40) == (plan, None)
     slow, why = fit_to_pace(plan, 15, 357, 0.77)
-    assert why == "[16, 32, 64]: the [32, 64, 128] model ran at 0.77 s a step, which leaves it 0 epochs (fewer than 10)"
+    assert why == ("[16, 32, 64]: the [32, 64, 128] model ran at 0.77 s a step, which leaves it 0 epochs, 0 steps "
+                   "(fewer than 500)")
     assert slow.conditional.channels == SLOW_BF16_CPU.widths == (16, 32, 64)
     assert (slow.n_train, slow.batch_size, slow.eval_fields) == (plan.n_train, 16, plan.eval_fields)  # the data made
     assert (slow.conditional.samples, slow.unconditional.samples, slow.unconditional.steps) == (6, 2, 10)
@@ -251,6 +254,12 @@ def test_a_bf16_machine_too_slow_for_the_large_model_trains_the_small_one():
     steps = [s / 1000 for s in range(300, 800)]
     edge = max(s for s in steps if large_epochs(199, s) >= LARGE_MIN_EPOCHS)
     assert fit_to_pace(plan, 15, 199, edge)[1] is None and fit_to_pace(plan, 15, 199, edge + 0.001)[1] is not None
+    # The hour's run: 4x the data, so 9 epochs at 0.83 s a step (measured with model.wrap xy: data,
+    # unconditional model and kriging 754 s) are 1,800 steps, more than 10 epochs of the 15-minute data.
+    hour = make_plan(60, torch.device("cpu"), bf16=True)
+    assert epochs_for_budget(conditional_seconds(3600, 754, 0.83, hour), 0.83, 200, 6, minimum=0) == 9
+    assert fit_to_pace(hour, 60, 754, 0.83) == (hour, None)
+    assert LARGE_MIN_STEPS == LARGE_MIN_EPOCHS * 50
     # A conditional run already begun keeps its widths, whatever the pace now.
     assert fit_to_pace(plan, 15, 0, None, (32, 64, 128)) == (plan, None)
     assert fit_to_pace(plan, 15, 0, None, (16, 32, 64))[0] == slow
