@@ -146,6 +146,7 @@ def _in_symmetric_frames(method, spec, attrs, stats, grid: tuple[int, int], run)
     are not the field's)."""
     from fieldpaint.data.fields import periodic_axes
     from fieldpaint.data.symmetry import data_symmetries
+    from fieldpaint.reconstruct import on_innermost
 
     if spec.needs == "data":
         raise FieldpaintError(f"symmetric frames apply to diffusion methods, not {spec.name}")
@@ -153,8 +154,6 @@ def _in_symmetric_frames(method, spec, attrs, stats, grid: tuple[int, int], run)
     if tuple(grid) != model_grid:
         raise FieldpaintError(f"symmetric frames need the model's grid {model_grid[0]}x{model_grid[1]}; the "
                               f"observations are {grid[0]}x{grid[1]}")
-    from fieldpaint.reconstruct import on_innermost
-
     symmetries = data_symmetries("auto", attrs, stats.variables, periodic_axes(run.config.data.periodic, attrs),
                                  model_grid, stats)
     if len(symmetries) < 2:
