@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from fieldpaint.config import Config, from_dict, load_config, to_dict
 # The plan's names are the demo's too (callers and tests read them here).
 from fieldpaint.demo_plan import (BF16_CPU, BUDGET_MARGIN, EPOCH_OVERHEAD_S, FP32_CPU,  # noqa: F401
-                                  LARGE_MIN_EPOCHS, LARGE_MIN_STEPS, MAX_EPOCHS, MIN_EPOCHS, SLOW_BF16_CPU, CpuSizing, DemoPlan,
-                                  ModelPlan, conditional_seconds, cpu_plan, diffusion_eval_seconds,
+                                  LARGE_MIN_EPOCHS, LARGE_MIN_STEPS, MAX_EPOCHS, MIN_EPOCHS, SLOW_BF16_CPU,
+                                  CpuSizing, DemoPlan, ModelPlan, conditional_seconds, cpu_plan, diffusion_eval_seconds,
                                   epoch_eval_batches, epoch_seconds, epochs_for_budget, fit_to_pace, make_plan,
                                   step_from_epoch)
 from fieldpaint.errors import FieldpaintError

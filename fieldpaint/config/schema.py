@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union
 
 from fieldpaint.data.masks import MASK_FAMILIES
+from fieldpaint.data.symmetry import SYMMETRY_SETTINGS
 from fieldpaint.errors import ConfigError
 from fieldpaint.models.structure import ARCHITECTURES, ATTENTION_KINDS, WRAPS, validate_model
 
@@ -32,7 +33,7 @@ MaskFamily = Literal[MASK_FAMILIES]  # type: ignore[valid-type]  # built from th
 AttentionKind = Literal[ATTENTION_KINDS]  # type: ignore[valid-type]
 Architecture = Literal[ARCHITECTURES]  # type: ignore[valid-type]
 Periodic = Literal[("auto", *PERIODICITIES)]  # type: ignore[valid-type]
-Symmetries = Literal["auto", "none"]  # fieldpaint.data.symmetry.SYMMETRY_SETTINGS
+Symmetries = Literal[SYMMETRY_SETTINGS]  # type: ignore[valid-type]
 Wrap = Literal[WRAPS]  # type: ignore[valid-type]
 
 

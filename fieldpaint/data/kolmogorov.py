@@ -28,7 +28,6 @@ from fieldpaint.data.symmetry import kolmogorov_symmetries
 from fieldpaint.data.spectral import (DOMAIN_X, DOMAIN_Y, KolmogorovOperators, SpectralGrid, forcing_vorticity,
                                       lawson_rk4_step, output_fields)
 # Re-exported: callers (benchmarks/generate_kolmogorov.py) measure datasets with these.
-from fieldpaint.data.symmetry import kolmogorov_symmetries
 from fieldpaint.data.spectral import curl, divergence, energy_spectrum, enstrophy_spectrum  # noqa: F401
 from fieldpaint.data.workers import map_in_workers
 from fieldpaint.errors import ConfigError

@@ -46,11 +46,15 @@ class Symmetry:
     def apply(self, x: torch.Tensor, signed: bool = True) -> torch.Tensor:
         """T(x) for (..., C, H, W) fields, C = len(signs); with `signed` False (a mask, a valid map,
         a noise std) only moved."""
+        if self.is_identity:
+            return x
         out = torch.roll(_reflect(x, self.reflect, self.periodic), self.shift, dims=(-2, -1))
         return self._signed(out) if signed else out
 
     def invert(self, x: torch.Tensor, signed: bool = True) -> torch.Tensor:
         """T⁻¹(x): the signs, the roll back, the reflection (an involution), in that order."""
+        if self.is_identity:
+            return x
         back = torch.roll(self._signed(x) if signed else x, (-self.shift[0], -self.shift[1]), dims=(-2, -1))
         return _reflect(back, self.reflect, self.periodic)
 
@@ -80,11 +84,8 @@ class Symmetry:
         return out
 
 
-IDENTITY_REFLECT = ""
-
-
 def identity(periodic: tuple[bool, bool], channels: int) -> Symmetry:
-    return Symmetry(IDENTITY_REFLECT, (0, 0), periodic, (1.0,) * channels)
+    return Symmetry("", (0, 0), periodic, (1.0,) * channels)
 
 
 def _reflect(x: torch.Tensor, axes: str, periodic: tuple[bool, bool]) -> torch.Tensor:
