@@ -224,6 +224,9 @@ class TrainConfig(Section):
     overfit_patience: int = count(5, 1, 1_000_000)  # warn of overfitting once the best test loss is this old (epochs)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 = autocast; auto = bf16 where the device does bf16 natively (runtime.resolve_precision), else fp32
     channels_last: Union[Literal["auto"], bool] = "auto"  # NHWC memory format (faster convolutions and GroupNorm on CPU); auto = on with bf16
+    # each training field drawn in a random frame of the data's declared symmetries (data.symmetries,
+    # fieldpaint.data.symmetry), the identity among them: more distinct fields per epoch
+    augment: Literal["none", "symmetries"] = "none"
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # torch.use_deterministic_algorithms
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

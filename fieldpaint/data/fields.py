@@ -68,14 +68,19 @@ def check_wrap(wrap: str, periodic: tuple[bool, bool], file_grid: tuple[int, int
     check_wrap_extent(wrap, file_grid, model_grid, "the file has")
 
 
+def file_grid_and_attrs(data_config: DataConfig) -> tuple[tuple[int, int], dict[str, Any]]:
+    """The (height, width) and the attributes of the file `data_config` names, from its metadata only."""
+    with open_dataset(data_config.path) as ds:
+        layout = dataset_layout(ds, data_config.variables, data_config.sample_dim, data_config.y_dim,
+                                data_config.x_dim)
+        return (int(ds.sizes[layout.y_dim]), int(ds.sizes[layout.x_dim])), dict(ds.attrs)
+
+
 def check_wrap_on_file(data_config: DataConfig, wrap: str) -> None:
     """`check_wrap` for the file `data_config` names, read from its metadata only."""
     if wrap == "none":
         return
-    with open_dataset(data_config.path) as ds:
-        layout = dataset_layout(ds, data_config.variables, data_config.sample_dim, data_config.y_dim,
-                                data_config.x_dim)
-        file_grid, attrs = (int(ds.sizes[layout.y_dim]), int(ds.sizes[layout.x_dim])), dict(ds.attrs)
+    file_grid, attrs = file_grid_and_attrs(data_config)
     check_wrap(wrap, periodic_axes(data_config.periodic, attrs), file_grid, (data_config.height, data_config.width))
 
 

@@ -88,6 +88,21 @@ def identity(periodic: tuple[bool, bool], channels: int) -> Symmetry:
     return Symmetry("", (0, 0), periodic, (1.0,) * channels)
 
 
+def in_random_frames(x: torch.Tensor, valid: torch.Tensor, symmetries: Sequence[Symmetry],
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, H, W) fields and their (N, 1, H, W) valid maps, each field moved into the frame of a
+    symmetry drawn uniformly from `symmetries` (training augmentation); never-valid pixels stay 0."""
+    picks = torch.randint(len(symmetries), (len(x),), generator=generator)
+    x, valid = x.clone(), valid.clone()
+    for k, g in enumerate(symmetries):
+        rows = picks == k
+        if g.is_identity or not bool(rows.any()):
+            continue
+        x[rows] = g.apply(x[rows])
+        valid[rows] = g.apply(valid[rows], signed=False)
+    return x * valid, valid  # a sign's offset (normalised units) must not reach a never-valid pixel
+
+
 def _reflect(x: torch.Tensor, axes: str, periodic: tuple[bool, bool]) -> torch.Tensor:
     for axis, dim, wraps in (("y", -2, periodic[0]), ("x", -1, periodic[1])):
         if axis in axes:
