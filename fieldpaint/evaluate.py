@@ -189,7 +189,8 @@ def evaluate(methods: dict[str, Reconstructor], fields: FieldSplit, stats: Field
         def method(n: str) -> Reconstructor:
             if n not in steps:
                 return methods[n]
-            return with_mean_step(methods[n], steps[n]["chosen"], steps[n].get("frames", "fixed"))
+            return with_mean_step(methods[n], steps[n]["chosen"], steps[n].get("frames", "fixed"),
+                                  steps[n].get("spread_scale", 1.0))
 
         todo = {n: method(n) for n in methods if (n, family, round(coverage, 6)) not in finished}
         if reference is not None and (REFERENCE, family, round(coverage, 6)) not in finished:

@@ -159,6 +159,8 @@ def reconstruct_observations(method, obs: Observations, variables: list[str], st
         attrs["precision"] = method.precision.name  # the network's arithmetic while sampling
     if getattr(method, "mean_step", None) is not None:  # the mean is not the members' average
         attrs["mean_step"] = int(method.mean_step)
+    if getattr(method, "spread_scale", 1.0) != 1.0:  # the members' spread about their average, rescaled
+        attrs["spread_scale"] = float(method.spread_scale)
     if getattr(method, "frames", "fixed") != "fixed":  # members drawn in rolled frames
         attrs["frames"] = method.frames
     if getattr(method, "symmetries", ()):  # and in the frames of the data's symmetries

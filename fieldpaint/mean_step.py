@@ -30,17 +30,31 @@ from fieldpaint.reconstruct import Reconstructor
 from fieldpaint.reference import VALIDATION_SEED, geometric_mean
 
 
-def step_errors(method, fields: FieldSplit, masks, samples: int, seed: int) -> np.ndarray:
-    """(S, n): the MSE of every sampling step's mean (`DiffusionReconstructor.step_means`) on each
-    case's hidden valid pixels; NaN for a case with none."""
-    _, means = method.step_means(fields.x * masks, masks, fields.valid, samples=samples, seed=seed)
-    means, truth = means.double().numpy(), fields.x.double().numpy()
-    errors = np.full(means.shape[:2], np.nan)
+def step_errors(method, fields: FieldSplit, masks, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """((S, n), (n,)): the MSE of every sampling step's mean (`DiffusionReconstructor.step_means`)
+    on each case's hidden valid pixels, and the members' RMS std there; NaN for a case with none."""
+    rec, means = method.step_means(fields.x * masks, masks, fields.valid, samples=samples, seed=seed)
+    means, truth, std = means.double().numpy(), fields.x.double().numpy(), rec.std.double().numpy()
+    errors, spreads = np.full(means.shape[:2], np.nan), np.full(len(fields), np.nan)
     for i in range(len(fields)):
         scored = scored_pixels(masks[i].numpy(), fields.valid[i].numpy())
         if scored.any():
             errors[:, i] = [mse(step[i], truth[i], scored) for step in means]
-    return errors
+            spreads[i] = np.sqrt(np.mean(std[i][:, scored] ** 2))
+    return errors, spreads
+
+
+def spread_scale(errors: np.ndarray, spreads: np.ndarray, members: int | None = None) -> float:
+    """The factor on the members' spread that brings the validation cases' mean spread/skill (the
+    report's statistic, fieldpaint.metrics.spread_skill: RMS spread / RMSE of the mean, per case) to
+    1, from the chosen mean's (n,) MSEs and the members' (n,) RMS spreads; `members`: K when the mean
+    is the members' own average, whose spread/skill carries the sqrt((K + 1) / K) correction. A
+    case with an exact mean or no spread is left out; 1.0 when none is left."""
+    correction = np.sqrt((members + 1) / members) if members is not None and members > 1 else 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = spreads * correction / np.sqrt(errors)
+    ratios = ratios[np.isfinite(ratios) & (ratios > 0)]
+    return float(1.0 / np.mean(ratios)) if len(ratios) else 1.0
 
 
 def best_step(errors: np.ndarray) -> tuple[int, list[float]]:
@@ -77,11 +91,15 @@ def choose_mean_steps(methods: dict[str, tuple[object, int]], validation: FieldS
             masks = draw_case_masks(validation, family, coverage, seed + VALIDATION_SEED)
             group = {}
             for label, (method, samples) in methods.items():
-                tried = {f: best_step(step_errors(method.with_frames(f), validation, masks, samples,
-                                                  seed + VALIDATION_SEED)) for f in frames}
+                runs = {f: step_errors(method.with_frames(f), validation, masks, samples, seed + VALIDATION_SEED)
+                        for f in frames}
+                tried = {f: best_step(errors) for f, (errors, _) in runs.items()}
                 best = min(frames, key=lambda f: tried[f][1][tried[f][0] - 1])  # min keeps the first of equals
                 chosen, scores = tried[best]
+                errors, spreads = runs[best]
                 group[label] = {"chosen": chosen, "steps": len(scores), "frames": best,
+                                "spread_scale": spread_scale(errors[chosen - 1], spreads,
+                                                             samples if chosen == len(scores) else None),
                                 "symmetric_frames": max(1, len(getattr(method, "symmetries", ()))),
                                 "validation_gmean_mse": scores,
                                 "frames_validation_gmean_mse": {f: s[c - 1] for f, (c, s) in tried.items()},

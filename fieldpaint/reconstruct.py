@@ -30,6 +30,7 @@ class Reconstruction:
     seconds: float = 0.0  # wall time for the whole batch
     mean_step: int | None = None  # the sampling step whose denoised fields' member average is the mean; None:
     #                               the members' own average (or a Gaussian method's mean)
+    spread_scale: float = 1.0  # the factor the members' spread about their average was scaled by
 
 
 class Reconstructor(Protocol):
@@ -81,11 +82,13 @@ def member_count(method: Reconstructor, default: int) -> int:
     return default
 
 
-def with_mean_step(method: Reconstructor, step: int | None, frames: str = "fixed") -> Reconstructor:
-    """`method` (a DiffusionReconstructor, possibly in wrappers) with its mean from sampling step `step`
-    and its members drawn in the `frames` given (DiffusionReconstructor's); the wrappers are copied,
-    not changed."""
-    return on_innermost(method, lambda core: core.with_mean_step(step).with_frames(frames))
+def with_mean_step(method: Reconstructor, step: int | None, frames: str = "fixed",
+                   spread_scale: float = 1.0) -> Reconstructor:
+    """`method` (a DiffusionReconstructor, possibly in wrappers) with its mean from sampling step `step`,
+    its members drawn in the `frames` given and their spread scaled by `spread_scale`
+    (DiffusionReconstructor's); the wrappers are copied, not changed."""
+    return on_innermost(method, lambda core: core.with_mean_step(step).with_frames(frames)
+                        .with_spread_scale(spread_scale))
 
 
 def on_innermost(method: Reconstructor, change) -> Reconstructor:

@@ -18,11 +18,11 @@ from fieldpaint.diffusion.samplers import dpm_solver_2m
 from fieldpaint.diffusion.schedule import make_schedule
 from fieldpaint.errors import FieldpaintError
 from fieldpaint.evaluate import draw_case_masks, evaluate_and_report, score
-from fieldpaint.mean_step import best_step, choose_mean_steps, frame_candidates, mean_steps_for
+from fieldpaint.mean_step import best_step, choose_mean_steps, frame_candidates, mean_steps_for, spread_scale
 from fieldpaint.metrics import spread_skill
 from fieldpaint.models.gaussian import GaussianDenoiser, conditional_denoiser
 from fieldpaint.models.registry import build_model
-from fieldpaint.reconstruct import FixedMembers, innermost, member_count, with_mean_step
+from fieldpaint.reconstruct import FixedMembers, Reconstruction, innermost, member_count, with_mean_step
 from fieldpaint.reference import VALIDATION_SEED
 
 SCHEDULE = make_schedule("cosine", 1000)
@@ -147,12 +147,12 @@ def test_best_step_takes_the_lowest_geometric_mean_and_ties_go_to_the_later_step
 
 class PlantedSteps:
     """A stand-in with step_means: step s's mean is truth + offsets[s] at every pixel, so its MSE on
-    any case is offsets[s]²; it records the masks it was given."""
+    any case is offsets[s]², and the members' std is `std` everywhere; it records the masks it was given."""
 
     method, steps = "conditional-dpm", 3
 
-    def __init__(self, offsets):
-        self.offsets, self.masks = offsets, []
+    def __init__(self, offsets, std=0.2):
+        self.offsets, self.masks, self.std = offsets, [], std
 
     def with_frames(self, frames):
         return self
@@ -160,7 +160,7 @@ class PlantedSteps:
     def step_means(self, obs, mask, valid, *, samples, seed):
         self.masks.append(mask.clone())
         truth = VALIDATION.x
-        return None, torch.stack([truth + o for o in self.offsets])
+        return Reconstruction(truth, torch.full_like(truth, self.std)), torch.stack([truth + o for o in self.offsets])
 
 
 VALIDATION = FieldSplit(torch.randn((3, 1, 16, 16), generator=gen(7)), torch.ones((3, 1, 16, 16)),
@@ -175,6 +175,68 @@ def test_the_chooser_scores_every_step_on_the_reference_validation_masks():
     assert choice["validation_gmean_mse"] == pytest.approx([0.25, 0.01, 0.09])
     expected = draw_case_masks(VALIDATION, "random", 0.9, 2 + VALIDATION_SEED)  # the reference chooser's masks
     assert torch.equal(planted.masks[0], expected)
+
+
+def test_the_spread_scale_brings_the_validation_spread_skill_to_one():
+    """Closed form on the planted stand-in (std 0.2 everywhere, step s's error offsets[s] everywhere):
+    at a chosen intermediate step the per-case spread/skill is 0.2 / |offset|, so the scale is
+    |offset| / 0.2; when the members' average is chosen, its K-member correction √((K+1)/K) enters too."""
+    step_two = choose_mean_steps({"m": (PlantedSteps([0.5, 0.1, 0.3]), 4)}, VALIDATION, ["random"], [0.9])
+    assert step_two[("random", 0.9)]["m"]["spread_scale"] == pytest.approx(0.1 / 0.2)
+    last = choose_mean_steps({"m": (PlantedSteps([0.5, 0.4, 0.3], std=0.1), 4)}, VALIDATION, ["random"], [0.9])
+    assert last[("random", 0.9)]["m"]["chosen"] == 3
+    assert last[("random", 0.9)]["m"]["spread_scale"] == pytest.approx(0.3 / (0.1 * np.sqrt(5 / 4)))
+    # the mean of per-case ratios, not a pooled one: ratios 1 and 3 give 1 / 2
+    assert spread_scale(np.array([1.0, 1.0]), np.array([1.0, 3.0])) == pytest.approx(0.5)
+    # an exact mean, a missing case or one member (no spread) is left out; nothing left: unscaled
+    assert spread_scale(np.array([0.0, np.nan, 4.0]), np.array([1.0, 1.0, 1.0])) == pytest.approx(2.0)
+    assert spread_scale(np.array([1.0, 2.0]), np.array([0.0, 0.0])) == 1.0
+
+
+def test_a_scaled_spread_keeps_the_mean_and_the_observations_and_scales_each_deviation():
+    """Invariants of DiffusionReconstructor.with_spread_scale(s) against the unscaled run (same seeds):
+    std times s, each member's deviation from the members' average times s, the mean and every observed
+    value unchanged; a non-positive scale is refused."""
+    method = tiny_conditional(steps=3)
+    obs, mask, valid = tiny_case()
+    plain = method.with_mean_step(1).reconstruct(obs, mask, valid, samples=3, seed=4)
+    scaled = method.with_mean_step(1).with_spread_scale(0.4).reconstruct(obs, mask, valid, samples=3, seed=4)
+    assert scaled.spread_scale == 0.4 and plain.spread_scale == 1.0
+    torch.testing.assert_close(scaled.std, 0.4 * plain.std)
+    torch.testing.assert_close(scaled.mean, plain.mean, rtol=0, atol=0)
+    average = plain.members.mean(dim=1, keepdim=True)
+    torch.testing.assert_close(scaled.members - average, 0.4 * (plain.members - average), rtol=1e-5, atol=1e-6)
+    observed = ((mask > 0.5) & (valid > 0.5)).expand_as(obs)
+    for k in range(3):
+        assert torch.equal(scaled.members[:, k][observed], obs[observed])
+    with pytest.raises(FieldpaintError, match="positive"):
+        method.with_spread_scale(0.0)
+
+
+def test_the_calibrated_method_scores_spread_skill_one_on_its_own_validation_cases():
+    """Second computation: the spread scale chosen by mean_steps_for on the tiny model, applied through
+    with_mean_step and scored by evaluate's `score` on the same validation cases (same masks and
+    seeds, so the same members), gives a mean spread/skill of 1 to rounding, where the unscaled
+    method's is 1 / scale."""
+    method = tiny_conditional(steps=3)
+    validation = FieldSplit(torch.randn((3, 1, 16, 16), generator=gen(8)), torch.ones((3, 1, 16, 16)),
+                            torch.arange(3))
+    choice = mean_steps_for({"c": method}, "auto", validation, ["random"], [0.9], samples=3,
+                            seed=0)[("random", 0.9)]["c"]
+    masks = draw_case_masks(validation, "random", 0.9, VALIDATION_SEED)
+    stats = FieldStats(("field",), (0.0,), (1.0,))
+
+    def mean_spread_skill(scale):
+        chosen = with_mean_step(method, choice["chosen"], choice["frames"], scale)
+        rec = chosen.reconstruct(validation.x * masks, masks, validation.valid, samples=3, seed=VALIDATION_SEED)
+        return np.mean([score(validation.x[i].double().numpy(), rec.mean[i].double().numpy(),
+                              rec.std[i].double().numpy(), rec.members[i].double().numpy(), masks[i].numpy(),
+                              validation.valid[i].numpy(), stats, mean_of_members=rec.mean_step is None)
+                        ["spread_skill"] for i in range(3)])
+
+    assert choice["spread_scale"] != pytest.approx(1.0, abs=0.05)  # the tiny model's members are miscalibrated
+    assert mean_spread_skill(choice["spread_scale"]) == pytest.approx(1.0, rel=1e-4)
+    assert mean_spread_skill(1.0) == pytest.approx(1.0 / choice["spread_scale"], rel=1e-4)
 
 
 def test_member_frames_are_evenly_spaced_rolls_along_the_named_axes():
@@ -262,8 +324,8 @@ def test_the_report_names_the_chosen_frames_beside_the_other_candidates(tmp_path
                 "validation_gmean_mse": [0.3, 0.2, 0.1]}]
     (tmp_path / "mean_step.json").write_text(json.dumps(choices))
     rows = [line for line in mean_step_table(tmp_path) if line.startswith("| tracks") or line.startswith("| random")]
-    assert rows[0] == "| tracks | 95 % | c | rolled along x (fixed: 0.55, y: 0.8) | 2 of 3 | 0.5 | 0.6 |"
-    assert rows[1] == "| random | 90 % | c | fixed | the members' average | 0.1 | 0.1 |"
+    assert rows[0] == "| tracks | 95 % | c | rolled along x (fixed: 0.55, y: 0.8) | 2 of 3 | 0.5 | 0.6 | 1 |"
+    assert rows[1] == "| random | 90 % | c | fixed | the members' average | 0.1 | 0.1 | 1 |"
 
 
 def test_spread_skill_drops_the_member_correction_for_a_step_mean():
@@ -302,7 +364,9 @@ def test_evaluate_chooses_a_step_per_group_and_scores_the_test_with_it(condition
         rows = cases[(cases["method"] == "conditional-dpm") & (cases["coverage"] == c["coverage"])]
         recorded = rows["mean_step"].fillna(3).astype(int)  # empty: the members' average, step 3
         assert (recorded == c["chosen"]).all()
+        assert c["spread_scale"] > 0 and c["spread_scale"] != 1.0  # two members of a one-epoch model: not calibrated
     assert "## Where the conditional models' means come from" in out.read_text()
+    assert "| spread scale |" in out.read_text()
 
     fixed = evaluate_and_report(tmp_path / "fixed", runs=[run], methods=["conditional-dpm"], families=["random"],
                                 coverages=[0.9], n=2, samples=2, sampler={"steps": 3}, reference="linear",
@@ -361,6 +425,22 @@ def test_inpaint_records_the_mean_step(conditional_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(args[:5] + ["--method", "linear", "--out", str(tmp_path / "l.nc"), "--frames", "x"]) == 2
     assert "--frames applies to diffusion methods" in capsys.readouterr().err
+    # --spread-scale 0.5: the same members' average, each member's deviation from it and the std halved
+    # (in physical units, so exactly halved: the normalisation's offset cancels), recorded in the file
+    assert main(args + ["--out", str(tmp_path / "s.nc"), "--spread-scale", "0.5"]) == 0
+    with xr.open_dataset(tmp_path / "s.nc") as s, xr.open_dataset(tmp_path / "b.nc") as b:
+        assert s.attrs["spread_scale"] == 0.5 and "spread_scale" not in b.attrs
+        np.testing.assert_allclose(s["field"], b["field"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(s["field_std"], 0.5 * b["field_std"], rtol=1e-5, atol=1e-6)
+        deviation = b["field_members"] - b["field_members"].mean("realization")
+        np.testing.assert_allclose(s["field_members"] - s["field_members"].mean("realization"), 0.5 * deviation,
+                                   rtol=1e-4, atol=1e-5)
+    for extra, message in [(["--spread-scale", "0"], "--spread-scale"),
+                           (["--method", "linear", "--spread-scale", "0.5"], "--spread-scale applies to diffusion")]:
+        capsys.readouterr()
+        assert main((args[:5] if "linear" in extra else args) + ["--out", str(tmp_path / "e.nc")] + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and not (tmp_path / "e.nc").exists()
 
 
 def test_inpaint_reads_a_terminal_trained_model_at_step_1(tmp_path, capsys):

@@ -90,6 +90,10 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         if not diffusion:
             raise FieldpaintError(f"--frames applies to diffusion methods, not {args.method}")
         options["frames"] = args.frames
+    if args.spread_scale is not None:
+        if not diffusion:
+            raise FieldpaintError(f"--spread-scale applies to diffusion methods, not {args.method}")
+        options["spread_scale"] = args.spread_scale
     if args.symmetric_frames:
         options["symmetric_frames"] = True
     attrs = inpaint_file(args.checkpoint, args.input, args.out, method=args.method,
@@ -198,6 +202,10 @@ def add_inpaint_parser(sub: argparse._SubParsersAction) -> None:
                         "this sampling step (1 = the noisiest; see `fieldpaint evaluate --mean-step auto` for the "
                         "step validated per mask and coverage), or members (their own average). Default: 1 for a "
                         "model trained with diffusion.terminal_fraction > 0 (its trained regression), else members")
+    p.add_argument("--spread-scale", type=positive_float, default=None,
+                   help="diffusion methods: scale each member's deviation from the members' average (and the "
+                        "std) by this factor, e.g. the one `fieldpaint evaluate` chose on training fields for "
+                        "the mask family and coverage nearest yours (its report's 'spread scale'). Default 1")
     p.add_argument("--frames", choices=FRAMES, default="fixed",
                    help="diffusion methods: draw member k of K in a frame rolled by k/K of the field along these "
                         "axes and rolled back; only for a field that wraps around there with the same statistics "

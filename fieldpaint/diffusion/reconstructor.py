@@ -54,6 +54,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import math
 import sys
 import time
 import warnings
@@ -128,7 +130,7 @@ class DiffusionReconstructor:
                  sigma_y: SigmaYOption = 0.0,
                  cg_iterations: int = DEFAULT_CG_ITERATIONS, batch_size: int = 16, mean_step: int | None = None,
                  precision: str = "fp32", frames: str = "fixed", symmetries: tuple[Symmetry, ...] = (),
-                 device: str | torch.device = "cpu", progress: bool = False) -> None:
+                 spread_scale: float = 1.0, device: str | torch.device = "cpu", progress: bool = False) -> None:
         check_fits(method, config.model.conditioning)
         steps = DEFAULT_STEPS[method] if steps is None else steps
         eta = DEFAULT_ETA.get(method, 1.0) if eta is None else eta  # (ignored by repaint)
@@ -142,6 +144,7 @@ class DiffusionReconstructor:
             raise FieldpaintError(f"steps must be at most the model's {T} training timesteps, got {steps}")
         check_mean_step(mean_step, method, steps)
         check_frames(frames)
+        check_spread_scale(spread_scale)
         if not 0.0 <= eta <= 1.0:
             raise FieldpaintError(f"eta must be in [0, 1], got {eta}")
         self.noise = sigma_y_option(sigma_y, len(config.data.variables))  # float or CPU tensor
@@ -167,6 +170,7 @@ class DiffusionReconstructor:
         self.symmetries = tuple(symmetries)
         self.batch_size, self.progress = batch_size, progress
         self.mean_step = None if mean_step == steps else mean_step  # step S is the members' average
+        self.spread_scale = float(spread_scale)  # on the members' spread about their average (`scaled_spread`)
         self.schedule = make_schedule(config.diffusion.schedule, T)
         self.name = f"diffusion-{method}"
 
@@ -185,6 +189,14 @@ class DiffusionReconstructor:
         check_mean_step(mean_step, self.method, self.steps)
         other = copy.copy(self)
         other.mean_step = None if mean_step == self.steps else mean_step
+        return other
+
+    def with_spread_scale(self, scale: float) -> "DiffusionReconstructor":
+        """The same model and sampler, its members' deviations from their average and its std times
+        `scale` (a spread calibrated on validation cases, fieldpaint.mean_step.spread_scale)."""
+        check_spread_scale(scale)
+        other = copy.copy(self)
+        other.spread_scale = float(scale)
         return other
 
     def with_frames(self, frames: str) -> "DiffusionReconstructor":
@@ -278,7 +290,7 @@ class DiffusionReconstructor:
         rec, means = self._reconstruct(obs, mask, valid, samples, seed, keep)
         if means is not None:
             rec.mean, rec.mean_step = means[0].to(rec.mean.device), self.mean_step
-        return rec
+        return scaled_spread(rec, self.spread_scale)
 
     def step_means(self, obs: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, *, samples: int = 1,
                    seed: int = 0) -> tuple[Reconstruction, torch.Tensor]:
@@ -337,6 +349,21 @@ class DiffusionReconstructor:
         rec = Reconstruction(mean=mean.to(out_device), std=std.to(out_device), members=members.to(out_device),
                              nfe=nfe, seconds=time.perf_counter() - started)
         return rec, means
+
+
+def scaled_spread(rec: Reconstruction, scale: float) -> Reconstruction:
+    """`rec` with its members' deviations from their average, and its std, times `scale`; the
+    average, and every pixel the members agree on exactly (the observed ones), unchanged."""
+    if scale == 1.0 or rec.members is None:
+        return rec
+    average = rec.members.mean(dim=1, keepdim=True)
+    members = torch.where(rec.std.unsqueeze(1) == 0, rec.members, average + scale * (rec.members - average))
+    return dataclasses.replace(rec, members=members, std=rec.std * scale, spread_scale=scale)
+
+
+def check_spread_scale(scale: float) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise FieldpaintError(f"the spread scale must be a positive number, got {scale!r}")
 
 
 def check_mean_step(mean_step: int | None, method: str, steps: int) -> None:
