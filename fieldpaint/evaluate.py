@@ -13,7 +13,8 @@ chosen variant, whose name they carry in `reference_variant`.
 A conditional method's mean may come from an intermediate sampling step (a Rao-Blackwellised
 mean, fieldpaint.mean_step); that step, too, is chosen per group on the same validation cases,
 recorded in mean_step.json and in each case's `mean_step` column (empty: the members' average),
-and with it, on periodic data, whether the members are drawn in frames rolled along a periodic axis.
+and with it, on periodic data, whether the members are drawn in frames rolled along a periodic axis,
+and the factor on the members' spread that calibrates it there (mean_step.spread_scale).
 """
 
 from __future__ import annotations

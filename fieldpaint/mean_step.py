@@ -16,6 +16,11 @@ elsewhere for each member. Whether that helps depends on whether the field's sta
 everywhere along the axis (the Kolmogorov flow's are along x, not along y, where the forcing is a
 sine), so the frames are chosen with the step: per group, the (frames, step) pair with the lowest
 validation error, the fixed frame first, so a tie keeps it.
+
+The same validation run calibrates the members' spread: a model trained for minutes draws members
+more diverse (or less) than its posterior, so their std misstates the mean's error. The factor that
+brings the validation cases' mean spread/skill to 1 (`spread_scale`) scales each member's deviation
+from the members' average, and the std, on the test; it costs no network evaluation.
 """
 
 from __future__ import annotations
