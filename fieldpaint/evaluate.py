@@ -191,7 +191,7 @@ def evaluate(methods: dict[str, Reconstructor], fields: FieldSplit, stats: Field
             if n not in steps:
                 return methods[n]
             return with_mean_step(methods[n], steps[n]["chosen"], steps[n].get("frames", "fixed"),
-                                  steps[n].get("spread_scale", 1.0))
+                                  steps[n].get("spread_scale"))
 
         todo = {n: method(n) for n in methods if (n, family, round(coverage, 6)) not in finished}
         if reference is not None and (REFERENCE, family, round(coverage, 6)) not in finished:

@@ -159,7 +159,7 @@ def reconstruct_observations(method, obs: Observations, variables: list[str], st
         attrs["precision"] = method.precision.name  # the network's arithmetic while sampling
     if getattr(method, "mean_step", None) is not None:  # the mean is not the members' average
         attrs["mean_step"] = int(method.mean_step)
-    if getattr(method, "spread_scale", 1.0) != 1.0:  # the members' spread about their average, rescaled
+    if getattr(method, "spread_scale", None) is not None:  # members recentred on the mean, spread rescaled
         attrs["spread_scale"] = float(method.spread_scale)
     if getattr(method, "frames", "fixed") != "fixed":  # members drawn in rolled frames
         attrs["frames"] = method.frames

@@ -20,7 +20,9 @@ validation error, the fixed frame first, so a tie keeps it.
 The same validation run calibrates the members' spread: a model trained for minutes draws members
 more diverse (or less) than its posterior, so their std misstates the mean's error. The factor that
 brings the validation cases' mean spread/skill to 1 (`spread_scale`) scales each member's deviation
-from the members' average, and the std, on the test; it costs no network evaluation.
+from the members' average, and the std, on the test, the members recentred on the chosen mean
+(member-by-member post-processing, DiffusionReconstructor's `scaled_spread`), so that their CRPS
+scores the ensemble the reported mean and std describe; it costs no network evaluation.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ class Reconstruction:
     seconds: float = 0.0  # wall time for the whole batch
     mean_step: int | None = None  # the sampling step whose denoised fields' member average is the mean; None:
     #                               the members' own average (or a Gaussian method's mean)
-    spread_scale: float = 1.0  # the factor the members' spread about their average was scaled by
+    spread_scale: float | None = None  # members recentred on the mean, their spread times this (None: as drawn)
 
 
 class Reconstructor(Protocol):
@@ -83,10 +83,10 @@ def member_count(method: Reconstructor, default: int) -> int:
 
 
 def with_mean_step(method: Reconstructor, step: int | None, frames: str = "fixed",
-                   spread_scale: float = 1.0) -> Reconstructor:
+                   spread_scale: float | None = None) -> Reconstructor:
     """`method` (a DiffusionReconstructor, possibly in wrappers) with its mean from sampling step `step`,
-    its members drawn in the `frames` given and their spread scaled by `spread_scale`
-    (DiffusionReconstructor's); the wrappers are copied, not changed."""
+    its members drawn in the `frames` given and, with a `spread_scale`, recentred on the mean with
+    their spread scaled by it (DiffusionReconstructor's); the wrappers are copied, not changed."""
     return on_innermost(method, lambda core: core.with_mean_step(step).with_frames(frames)
                         .with_spread_scale(spread_scale))
 

@@ -150,9 +150,9 @@ def mean_step_table(out: Path) -> list[str]:
              "k/K of the field along a periodic axis (in brackets, the other candidates' validation MSE at their "
              "best step); on data that declares symmetries, member k also in the frame of symmetry k mod their "
              "number (the header names them). Spread/skill for such a mean compares it with the members' spread "
-             "without the K-member correction. The members' spread about their average (and the std) is scaled by "
-             "the factor that brought the validation cases' mean spread/skill to 1 (1: unscaled; below 1: the "
-             "members were over-dispersed there).", "",
+             "without the K-member correction. The members are then recentred on that mean, their spread about their "
+             "average (and the std) scaled by the factor that brought the validation cases' mean spread/skill to 1 "
+             "(below 1: the members were over-dispersed there; none: the members as drawn).", "",
              "| mask | coverage | method | members' frames | mean from step | validation MSE there | validation MSE "
              "of the members' average | spread scale |", "|---|---|---|---|---|---|---|---|"]
     for c in choices:
@@ -164,7 +164,7 @@ def mean_step_table(out: Path) -> list[str]:
         frames = _frames_cell(c.get("frames", "fixed"), c.get("frames_validation_gmean_mse") or {},
                               int(c.get("symmetric_frames", 1)))
         lines.append(f"| {c['mask']} | {percent(c['coverage'])} | {c['method']} | {frames} | {step} | {there} | "
-                     f"{last} | {_fmt(c.get('spread_scale', 1.0))} |")
+                     f"{last} | {_fmt(c['spread_scale']) if 'spread_scale' in c else 'none'} |")
     return lines + [""]
 
 

@@ -193,19 +193,23 @@ def test_the_spread_scale_brings_the_validation_spread_skill_to_one():
     assert spread_scale(np.array([1.0, 2.0]), np.array([0.0, 0.0])) == 1.0
 
 
-def test_a_scaled_spread_keeps_the_mean_and_the_observations_and_scales_each_deviation():
-    """Invariants of DiffusionReconstructor.with_spread_scale(s) against the unscaled run (same seeds):
-    std times s, each member's deviation from the members' average times s, the mean and every observed
-    value unchanged; a non-positive scale is refused."""
+def test_a_scaled_spread_recentres_the_members_on_the_mean_and_scales_each_deviation():
+    """Invariants of DiffusionReconstructor.with_spread_scale(s) against the unscaled run (same seeds,
+    the mean from step 1, not the members' average): std times s; the members' average moved to the
+    mean and each member's deviation from it times s (member-by-member post-processing); the mean and
+    every observed value unchanged; a non-positive scale is refused."""
     method = tiny_conditional(steps=3)
     obs, mask, valid = tiny_case()
     plain = method.with_mean_step(1).reconstruct(obs, mask, valid, samples=3, seed=4)
     scaled = method.with_mean_step(1).with_spread_scale(0.4).reconstruct(obs, mask, valid, samples=3, seed=4)
-    assert scaled.spread_scale == 0.4 and plain.spread_scale == 1.0
+    assert scaled.spread_scale == 0.4 and plain.spread_scale is None
     torch.testing.assert_close(scaled.std, 0.4 * plain.std)
     torch.testing.assert_close(scaled.mean, plain.mean, rtol=0, atol=0)
     average = plain.members.mean(dim=1, keepdim=True)
-    torch.testing.assert_close(scaled.members - average, 0.4 * (plain.members - average), rtol=1e-5, atol=1e-6)
+    assert float((average[:, 0] - plain.mean).abs().max()) > 1e-3  # the step's mean is not the members'
+    torch.testing.assert_close(scaled.members.mean(dim=1), plain.mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(scaled.members - scaled.members.mean(dim=1, keepdim=True),
+                               0.4 * (plain.members - average), rtol=1e-5, atol=1e-6)
     observed = ((mask > 0.5) & (valid > 0.5)).expand_as(obs)
     for k in range(3):
         assert torch.equal(scaled.members[:, k][observed], obs[observed])
@@ -324,8 +328,8 @@ def test_the_report_names_the_chosen_frames_beside_the_other_candidates(tmp_path
                 "validation_gmean_mse": [0.3, 0.2, 0.1]}]
     (tmp_path / "mean_step.json").write_text(json.dumps(choices))
     rows = [line for line in mean_step_table(tmp_path) if line.startswith("| tracks") or line.startswith("| random")]
-    assert rows[0] == "| tracks | 95 % | c | rolled along x (fixed: 0.55, y: 0.8) | 2 of 3 | 0.5 | 0.6 | 1 |"
-    assert rows[1] == "| random | 90 % | c | fixed | the members' average | 0.1 | 0.1 | 1 |"
+    assert rows[0] == "| tracks | 95 % | c | rolled along x (fixed: 0.55, y: 0.8) | 2 of 3 | 0.5 | 0.6 | none |"
+    assert rows[1] == "| random | 90 % | c | fixed | the members' average | 0.1 | 0.1 | none |"
 
 
 def test_spread_skill_drops_the_member_correction_for_a_step_mean():
@@ -425,8 +429,9 @@ def test_inpaint_records_the_mean_step(conditional_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(args[:5] + ["--method", "linear", "--out", str(tmp_path / "l.nc"), "--frames", "x"]) == 2
     assert "--frames applies to diffusion methods" in capsys.readouterr().err
-    # --spread-scale 0.5: the same members' average, each member's deviation from it and the std halved
-    # (in physical units, so exactly halved: the normalisation's offset cancels), recorded in the file
+    # --spread-scale 0.5 on the members' average (this model's default mean): the same mean, each member's
+    # deviation from it and the std halved (in physical units too: the normalisation's offset cancels),
+    # recorded in the file
     assert main(args + ["--out", str(tmp_path / "s.nc"), "--spread-scale", "0.5"]) == 0
     with xr.open_dataset(tmp_path / "s.nc") as s, xr.open_dataset(tmp_path / "b.nc") as b:
         assert s.attrs["spread_scale"] == 0.5 and "spread_scale" not in b.attrs

@@ -130,7 +130,8 @@ class DiffusionReconstructor:
                  sigma_y: SigmaYOption = 0.0,
                  cg_iterations: int = DEFAULT_CG_ITERATIONS, batch_size: int = 16, mean_step: int | None = None,
                  precision: str = "fp32", frames: str = "fixed", symmetries: tuple[Symmetry, ...] = (),
-                 spread_scale: float = 1.0, device: str | torch.device = "cpu", progress: bool = False) -> None:
+                 spread_scale: float | None = None, device: str | torch.device = "cpu",
+                 progress: bool = False) -> None:
         check_fits(method, config.model.conditioning)
         steps = DEFAULT_STEPS[method] if steps is None else steps
         eta = DEFAULT_ETA.get(method, 1.0) if eta is None else eta  # (ignored by repaint)
@@ -170,7 +171,7 @@ class DiffusionReconstructor:
         self.symmetries = tuple(symmetries)
         self.batch_size, self.progress = batch_size, progress
         self.mean_step = None if mean_step == steps else mean_step  # step S is the members' average
-        self.spread_scale = float(spread_scale)  # on the members' spread about their average (`scaled_spread`)
+        self.spread_scale = spread_scale  # None: the members as drawn (`scaled_spread`)
         self.schedule = make_schedule(config.diffusion.schedule, T)
         self.name = f"diffusion-{method}"
 
@@ -191,12 +192,13 @@ class DiffusionReconstructor:
         other.mean_step = None if mean_step == self.steps else mean_step
         return other
 
-    def with_spread_scale(self, scale: float) -> "DiffusionReconstructor":
-        """The same model and sampler, its members' deviations from their average and its std times
-        `scale` (a spread calibrated on validation cases, fieldpaint.mean_step.spread_scale)."""
+    def with_spread_scale(self, scale: float | None) -> "DiffusionReconstructor":
+        """The same model and sampler, its members recentred on its mean with their deviations from
+        their average, and its std, times `scale` (a spread calibrated on validation cases,
+        fieldpaint.mean_step.spread_scale; `scaled_spread`); None: the members as drawn."""
         check_spread_scale(scale)
         other = copy.copy(self)
-        other.spread_scale = float(scale)
+        other.spread_scale = scale
         return other
 
     def with_frames(self, frames: str) -> "DiffusionReconstructor":
@@ -351,17 +353,23 @@ class DiffusionReconstructor:
         return rec, means
 
 
-def scaled_spread(rec: Reconstruction, scale: float) -> Reconstruction:
-    """`rec` with its members' deviations from their average, and its std, times `scale`; the
-    average, and every pixel the members agree on exactly (the observed ones), unchanged."""
-    if scale == 1.0 or rec.members is None:
+def scaled_spread(rec: Reconstruction, scale: float | None) -> Reconstruction:
+    """`rec`'s members post-processed member by member (Van Schaeybroeck & Vannitsem 2015):
+    mean + scale · (member - members' average), so that they are centred on the reported mean (a
+    step's Rao-Blackwellised mean, fieldpaint.mean_step, where one is chosen) with their spread,
+    and the std, times `scale`; pixels the members agree on exactly (the observed ones) unchanged.
+    None: `rec` as drawn."""
+    if scale is None or rec.members is None:
         return rec
     average = rec.members.mean(dim=1, keepdim=True)
-    members = torch.where(rec.std.unsqueeze(1) == 0, rec.members, average + scale * (rec.members - average))
+    moved = rec.mean.unsqueeze(1) + scale * (rec.members - average)
+    members = torch.where(rec.std.unsqueeze(1) == 0, rec.members, moved)
     return dataclasses.replace(rec, members=members, std=rec.std * scale, spread_scale=scale)
 
 
-def check_spread_scale(scale: float) -> None:
+def check_spread_scale(scale: float | None) -> None:
+    if scale is None:
+        return
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
         raise FieldpaintError(f"the spread scale must be a positive number, got {scale!r}")
 
