@@ -12,6 +12,8 @@ Shapes: obs (B, C, H, W) with anything at hidden pixels (they are ignored), mask
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -107,6 +109,27 @@ def ensemble_summary(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     mean = members.mean(dim=1)
     std = members.std(dim=1, unbiased=True) if members.shape[1] > 1 else torch.zeros_like(mean)
     return mean, std
+
+
+def scaled_spread(rec: Reconstruction, scale: float | None) -> Reconstruction:
+    """`rec`'s members post-processed member by member (Van Schaeybroeck & Vannitsem 2015):
+    mean + scale · (member - members' average), so that they are centred on the reported mean (a
+    step's Rao-Blackwellised mean, fieldpaint.mean_step, where one is chosen) with their spread,
+    and the std, times `scale`; pixels the members agree on exactly (the observed ones) unchanged.
+    None: `rec` as drawn."""
+    if scale is None or rec.members is None:
+        return rec
+    average = rec.members.mean(dim=1, keepdim=True)
+    moved = rec.mean.unsqueeze(1) + scale * (rec.members - average)
+    members = torch.where(rec.std.unsqueeze(1) == 0, rec.members, moved)
+    return dataclasses.replace(rec, members=members, std=rec.std * scale, spread_scale=scale)
+
+
+def check_spread_scale(scale: float | None) -> None:
+    if scale is None:
+        return
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise FieldpaintError(f"the spread scale must be a positive number, got {scale!r}")
 
 
 # ----------------------------------------------------------------------------------------------

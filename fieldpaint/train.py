@@ -40,10 +40,10 @@ from fieldpaint import __version__
 from fieldpaint.checkpoint import (Checkpoint, check_compatible, load_checkpoint, resolve_checkpoint,
                                    restore_rng_state, save_checkpoint, unwrap_model)
 from fieldpaint.config import Config, to_dict
-from fieldpaint.data.fields import FieldSplit, FieldStats, check_wrap_on_file, file_grid_and_attrs, periodic_axes
+from fieldpaint.data.fields import FieldSplit, FieldStats, augmentation_frames, check_wrap_on_file
 from fieldpaint.data.stream import chunked_order
 from fieldpaint.data.stream import load_training_data as load_data
-from fieldpaint.data.symmetry import Symmetry, data_symmetries, in_random_frames
+from fieldpaint.data.symmetry import Symmetry, in_random_frames
 from fieldpaint.diffusion.conditioning import conditioning_input, draw_training_masks
 from fieldpaint.diffusion.loss import diffusion_loss, draw_timesteps
 from fieldpaint.diffusion.schedule import make_schedule
@@ -81,7 +81,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 def make_batch(data: FieldSplit, index: torch.Tensor, config: Config, seed: int, step: int,
                runtime: Runtime, symmetries: tuple[Symmetry, ...] = ()) -> dict:
     """The global batch of one step, cut to this rank's share: x0, valid, t, noise, cond; each
-    field in a random frame of `symmetries` when given (train.augment, `training_symmetries`)."""
+    field in a random frame of `symmetries` when given (train.augment, `augmentation_frames`)."""
     g = step_generator(seed, step)
     x0, valid = data.batch(index, seed=seed, step=step)  # random crops when the file's grid is larger
     t = draw_timesteps(len(index), config.diffusion.timesteps, config.diffusion.terminal_fraction, generator=g)
@@ -171,23 +171,6 @@ def load_training_data(config: Config, stats: FieldStats | None = None) -> tuple
     if len(test_data) == 0:
         raise ConfigError(f"the dataset {config.data.path} has no test samples; set data.test_fraction")
     return train_data, test_data, stats
-
-
-def training_symmetries(config: Config, stats: FieldStats) -> tuple[Symmetry, ...]:
-    """The frames train.augment 'symmetries' draws training fields in: the identity and the data's
-    declared symmetries (fieldpaint.data.symmetry) in normalised units; () with augment 'none'."""
-    if config.train.augment == "none":
-        return ()
-    grid, attrs = file_grid_and_attrs(config.data)
-    if grid != (config.data.height, config.data.width):
-        raise ConfigError(f"train.augment 'symmetries' needs the file's grid {grid[0]}x{grid[1]} as the model's "
-                          f"(data.height x data.width), not crops of it: a symmetry maps the whole grid")
-    found = data_symmetries(config.data.symmetries, attrs, config.data.variables,
-                            periodic_axes(config.data.periodic, attrs), grid, stats)
-    if len(found) == 1:
-        raise ConfigError("train.augment is 'symmetries' but the data declares none (its `symmetries` attribute, "
-                          "read with data.symmetries: auto): set train.augment: none")
-    return found
 
 
 def build_training_model(config: Config, device: torch.device, model: torch.nn.Module | None = None) -> torch.nn.Module:
@@ -282,7 +265,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, reset_op
     # -- 2. data, model, EMA, optimizer, schedule: whatever can fail fails here, before any write
     stats = FieldStats.from_dict(ckpt.stats) if ckpt is not None and ckpt.stats else None
     train_data, test_data, stats = load_training_data(config, stats)
-    augment = training_symmetries(config, stats)
+    augment = () if t.augment == "none" else augmentation_frames(config.data, stats)
     eval_train = train_data.first(t.eval_train_samples)  # a fixed train subset scored every epoch
     n_train = len(train_data.x)
     batch_size = min(t.batch_size, n_train - n_train % runtime.world_size)

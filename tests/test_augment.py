@@ -84,11 +84,12 @@ def test_augmentation_leaves_the_steps_timesteps_and_noise_those_of_an_unaugment
     augmentation on changes the fields only; the point reflection with a sign flip moves some of them."""
     from fieldpaint.data.stream import load_training_data
     from fieldpaint.runtime import setup_runtime
-    from fieldpaint.train import make_batch, training_symmetries
+    from fieldpaint.data.fields import augmentation_frames
+    from fieldpaint.train import make_batch
 
     config = _config(_grf_file(tmp_path, declared=True))
     train_data, _, stats = load_training_data(config.data)
-    frames = training_symmetries(config, stats)
+    frames = augmentation_frames(config.data, stats)
     assert len(frames) == 2 and frames[0].is_identity
     runtime = setup_runtime("cpu")
     index = torch.arange(8)

@@ -39,7 +39,7 @@ from fieldpaint.data.layout import (X_DIM_NAMES, Y_DIM_NAMES, SAMPLE_DIM_NAMES, 
                                     dataset_layout, file_variables, find_layout, gridded_variables)
 from fieldpaint.data.stats import (CONSTANT_RTOL, STATS_CHUNK, FieldStats, compute_stats,  # noqa: F401
                                    stats_from_moments)
-from fieldpaint.errors import DataError
+from fieldpaint.errors import ConfigError, DataError
 
 Split = Literal["train", "test", "all"]
 
@@ -82,6 +82,22 @@ def check_wrap_on_file(data_config: DataConfig, wrap: str) -> None:
         return
     file_grid, attrs = file_grid_and_attrs(data_config)
     check_wrap(wrap, periodic_axes(data_config.periodic, attrs), file_grid, (data_config.height, data_config.width))
+
+
+def augmentation_frames(data_config: DataConfig, stats: FieldStats) -> tuple:
+    """The identity and the file's declared symmetries (data.symmetry) in `stats`' units, for
+    train.augment; a ConfigError where it declares none or the model's grid crops the file's."""
+    from fieldpaint.data.symmetry import data_symmetries
+    grid, attrs = file_grid_and_attrs(data_config)
+    if grid != (data_config.height, data_config.width):
+        raise ConfigError(f"train.augment 'symmetries' needs the file's grid {grid[0]}x{grid[1]} as the model's "
+                          f"(data.height x data.width), not crops of it: a symmetry maps the whole grid")
+    found = data_symmetries(data_config.symmetries, attrs, data_config.variables,
+                            periodic_axes(data_config.periodic, attrs), grid, stats)
+    if len(found) == 1:
+        raise ConfigError("train.augment is 'symmetries' but the data declares none (its `symmetries` attribute, "
+                          "read with data.symmetries: auto): set train.augment: none")
+    return found
 
 
 def check_grid(height: int, width: int, expected: tuple[int, int] | None, grid: tuple[int, int] | None = None,

@@ -54,8 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-import math
 import sys
 import time
 import warnings
@@ -73,7 +71,7 @@ from fieldpaint.diffusion.conditioning import conditioning_input
 from fieldpaint.data.symmetry import Symmetry
 from fieldpaint.diffusion.frames import MemberFrames, check_frames, member_shift
 from fieldpaint.errors import FieldpaintError
-from fieldpaint.reconstruct import Reconstruction, check_fits, ensemble_summary
+from fieldpaint.reconstruct import Reconstruction, check_fits, check_spread_scale, ensemble_summary, scaled_spread
 from fieldpaint.diffusion.sigma_y import SigmaYOption, is_noisy_option, sigma_y_option
 from fieldpaint.runtime import resolve_precision, select_device
 
@@ -351,27 +349,6 @@ class DiffusionReconstructor:
         rec = Reconstruction(mean=mean.to(out_device), std=std.to(out_device), members=members.to(out_device),
                              nfe=nfe, seconds=time.perf_counter() - started)
         return rec, means
-
-
-def scaled_spread(rec: Reconstruction, scale: float | None) -> Reconstruction:
-    """`rec`'s members post-processed member by member (Van Schaeybroeck & Vannitsem 2015):
-    mean + scale · (member - members' average), so that they are centred on the reported mean (a
-    step's Rao-Blackwellised mean, fieldpaint.mean_step, where one is chosen) with their spread,
-    and the std, times `scale`; pixels the members agree on exactly (the observed ones) unchanged.
-    None: `rec` as drawn."""
-    if scale is None or rec.members is None:
-        return rec
-    average = rec.members.mean(dim=1, keepdim=True)
-    moved = rec.mean.unsqueeze(1) + scale * (rec.members - average)
-    members = torch.where(rec.std.unsqueeze(1) == 0, rec.members, moved)
-    return dataclasses.replace(rec, members=members, std=rec.std * scale, spread_scale=scale)
-
-
-def check_spread_scale(scale: float | None) -> None:
-    if scale is None:
-        return
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
-        raise FieldpaintError(f"the spread scale must be a positive number, got {scale!r}")
 
 
 def check_mean_step(mean_step: int | None, method: str, steps: int) -> None:
