@@ -22,8 +22,8 @@ def train_step_times(config: Config, device: torch.device, steps: int, *, warmup
                      before_first_step: Callable[[], None] | None = None) -> list[float]:
     """Wall seconds of `steps` training-loop steps (make_batch + train_step on train.batch_size
     synthetic fields of config's grid) after `warmup` untimed ones, with the real model (or
-    `model`), optimizer, LR scheduler and EMA. `before_first_step` runs once everything is built
-    (e.g. to reset a peak-memory counter)."""
+    `model`; compiled as train compiles it under train.compile), optimizer, LR scheduler and EMA.
+    `before_first_step` runs once everything is built (e.g. to reset a peak-memory counter)."""
     torch.manual_seed(config.train.seed)
     device = torch.device(device)
     model = build_training_model(config, device, model).train()
@@ -32,6 +32,7 @@ def train_step_times(config: Config, device: torch.device, steps: int, *, warmup
     schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps).to(device)
     data, runtime = synthetic_split(config, config.train.batch_size), Runtime(device)
     index = torch.arange(config.train.batch_size)
+    net = torch.compile(model) if config.train.compile else model
     if before_first_step is not None:
         before_first_step()
     times = []
@@ -39,7 +40,7 @@ def train_step_times(config: Config, device: torch.device, steps: int, *, warmup
         synchronize(device)
         started = time.perf_counter()
         batch = make_batch(data, index, config, config.train.seed, step, runtime)
-        train_step(model, batch, optimizer=optimizer, scheduler=scheduler, ema=ema, schedule=schedule,
+        train_step(net, batch, optimizer=optimizer, scheduler=scheduler, ema=ema, schedule=schedule,
                    config=config, step=step)
         synchronize(device)
         times.append(time.perf_counter() - started)

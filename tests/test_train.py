@@ -338,6 +338,30 @@ def test_time_train_steps_times_real_steps(tiny_data, monkeypatch):
     assert seconds > 0 and calls == [0, 1, 2]  # one warm-up + 2 timed steps, each a real train_step
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_time_train_steps_runs_the_net_train_compile_makes(tiny_data, monkeypatch, compiled):
+    """benchmarks/compile_step.py times train.compile through this: the steps must run the
+    compiled net (a recording stand-in for torch.compile here: compiling takes minutes on CPU)."""
+    import fieldpaint.steptimes as S
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self._orig_mod = model  # what torch.compile's wrapper holds, and unwrap_model reads
+
+        def forward(self, *args, **kwargs):
+            return self._orig_mod(*args, **kwargs)
+
+    nets = []
+    real = S.train_step
+    monkeypatch.setattr(S.torch, "compile", Compiled)
+    monkeypatch.setattr(S, "train_step", lambda net, *a, **k: nets.append(type(net)) or real(net, *a, **k))
+    config = tiny_config(tiny_data)
+    config = from_dict({**to_dict(config), "train": {**to_dict(config)["train"], "compile": compiled}})
+    S.train_step_times(config, torch.device("cpu"), 1)
+    assert nets and all((net is Compiled) == compiled for net in nets)
+
+
 def test_prepare_run_decides_new_resume_and_restart(tiny_data, tmp_path):
     from fieldpaint.errors import FieldpaintError
     from fieldpaint.train import prepare_run
