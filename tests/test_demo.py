@@ -52,7 +52,7 @@ def test_demo_trains_the_conditional_model_on_the_masks_it_is_scored_on(tmp_path
     assert conditional.masks.mixed_weights == (7.0, 2.0, 9.0, 2.0)
     assert unconditional.masks.mixed_weights is None
     assert conditional.model.dropout == unconditional.model.dropout == 0.0
-    assert conditional.diffusion.terminal_fraction == 0.5 and unconditional.diffusion.terminal_fraction == 0.0
+    assert conditional.diffusion.terminal_fraction == 0.9 and unconditional.diffusion.terminal_fraction == 0.0
     assert (plan.conditional.samples, plan.conditional.steps) == (10, 10)
     assert plan.unconditional.samples == 3
     assert conditional.model.wrap == unconditional.model.wrap == "xy"
