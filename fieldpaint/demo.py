@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from fieldpaint.config import Config, from_dict, load_config, to_dict
 # The plan's names are the demo's too (callers and tests read them here).
-from fieldpaint.demo_plan import (BF16_CPU, BUDGET_MARGIN, EPOCH_OVERHEAD_S, FP32_CPU,  # noqa: F401
-                                  LARGE_MIN_EPOCHS, LARGE_MIN_STEPS, MAX_EPOCHS, MIN_EPOCHS, SLOW_BF16_CPU,
+from fieldpaint.demo_plan import (BF16_CPU, BUDGET_MARGIN, DEMO_FRAME_AXES, EPOCH_OVERHEAD_S,  # noqa: F401
+                                  FP32_CPU, LARGE_MIN_EPOCHS, LARGE_MIN_STEPS, MAX_EPOCHS, MIN_EPOCHS, SLOW_BF16_CPU,
                                   CpuSizing, DemoPlan, ModelPlan, conditional_seconds, cpu_plan, diffusion_eval_seconds,
                                   epoch_eval_batches, epoch_seconds, epochs_for_budget, fit_to_pace, make_plan,
                                   step_from_epoch)
@@ -215,8 +215,8 @@ def run_demo(out: Path, *, minutes: float = 15.0, device_name: str = "auto", qui
     # The per-field GP's hyperparameters come from at most 500 random observations of each field (its
     # prediction uses them all).
     evaluation = dict(families=list(plan.families), coverages=list(plan.coverages), n=plan.eval_fields, seed=0,
-                      gp={"max_points": 500}, validation_fields=plan.validation_fields, resume=True,
-                      progress=progress)
+                      gp={"max_points": 500}, validation_fields=plan.validation_fields,
+                      frame_axes=DEMO_FRAME_AXES, resume=True, progress=progress)
     evaluate_and_report(out, runs=[load_run(runs[0])], methods=list(KRIGING), samples=1, report=False, **evaluation)
     clock.say("scored the kriging")
 

@@ -303,19 +303,20 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
                         n: int = 100, samples: int = 8, seed: int = 0, sampler: dict | None = None,
                         gp: dict | None = None, per_method: dict[str, dict] | None = None,
                         reference: str = "auto", validation_fields: int = 16, mean_step: str | int = "auto",
-                        resume: bool = False, progress: bool = True, header: dict | None = None,
+                        frame_axes: str | tuple[str, ...] = "auto", resume: bool = False, progress: bool = True, header: dict | None = None,
                         report: bool = True) -> Path:
     """The whole evaluation into `out`: cases.csv, summary.*, reference.json, mean_step.json and
     report.md; returns the report's path (cases.csv's without `report`). `reference`: 'auto' (chosen
     per group on training fields) or a method name. `mean_step`, for the conditional methods: 'auto'
     (chosen per group on the same validation cases), 'members' (the members' average) or one
-    sampling step for every group. Resumed, it keeps the reference chosen before (reference.json)
+    sampling step for every group; `frame_axes`, the axes the members' frames may be rolled along
+    with it ('auto': every periodic axis; mean_step.frame_candidates). Resumed, it keeps the reference chosen before (reference.json)
     and skips the kriging already scored in every group: methods can be added to an evaluation
     without fitting its kriging again."""
     from fieldpaint.data.fields import periodic_axes
     from fieldpaint.data.symmetry import data_symmetries
     from fieldpaint.reconstruct import BaselineData
-    from fieldpaint.mean_step import mean_steps_for, with_symmetric_frames
+    from fieldpaint.mean_step import frame_candidates, mean_steps_for, with_symmetric_frames
     from fieldpaint.reference import choose_references, resumed_references, split_validation
     from fieldpaint.report import write_report
 
@@ -325,6 +326,7 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
     validation, fit_fields = split_validation(train, validation_fields, seed)
     baseline = BaselineData(stats, attrs, load_train=lambda: fit_fields,
                             periodic=periodic_axes(getattr(data, "periodic", "auto"), attrs))
+    frame_candidates(baseline.periodic, frame_axes)  # an axis the data does not wrap fails before any fit
     chosen = resumed_references(out, families, coverages, len(validation)) if resume and reference == "auto" else None
     # With a named reference only it (and what was asked for) runs: the per-field candidate's fits
     # are most of the kriging time at 64x128 (benchmarks/gp.py times the dataset kernel alone).
@@ -342,7 +344,7 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
     if symmetric:
         header = {**(header or {}), "symmetric frames": symmetric_frames_line(symmetries, symmetric)}
     steps = mean_steps_for(built, mean_step, validation, families, coverages, samples=samples, seed=seed,
-                           periodic=baseline.periodic)
+                           periodic=baseline.periodic, frame_axes=frame_axes)
     if chosen:
         choices = chosen
     elif reference == "auto":

@@ -74,10 +74,22 @@ def best_step(errors: np.ndarray) -> tuple[int, list[float]]:
     return best + 1, scores
 
 
-def frame_candidates(periodic: tuple[bool, bool]) -> tuple[str, ...]:
+FRAME_AXES = ("x", "y")  # the axes a candidate frame rolls the members along
+
+
+def frame_candidates(periodic: tuple[bool, bool], axes: str | tuple[str, ...] = "auto") -> tuple[str, ...]:
     """The members' frames to choose among for data periodic along (y, x): fixed, and each periodic
-    axis alone."""
-    return ("fixed",) + (("x",) if periodic[1] else ()) + (("y",) if periodic[0] else ())
+    axis alone ('auto'), or each of `axes` (() for the fixed frame alone). An axis along which the
+    data is not periodic is an error: a roll there would join the field's opposite edges."""
+    along = {"x": periodic[1], "y": periodic[0]}
+    if axes == "auto":
+        return ("fixed",) + tuple(a for a in FRAME_AXES if along[a])
+    for axis in axes:
+        if axis not in along:
+            raise FieldpaintError(f"frame candidate {axis!r}: expected one of {', '.join(FRAME_AXES)}")
+        if not along[axis]:
+            raise FieldpaintError(f"frame candidate {axis!r}: the data is not periodic along {axis}")
+    return ("fixed",) + tuple(a for a in FRAME_AXES if a in axes)
 
 
 def choose_mean_steps(methods: dict[str, tuple[object, int]], validation: FieldSplit, families: list[str],
@@ -160,10 +172,11 @@ def check_fixed_mean_step(methods: dict[str, Reconstructor], mean_step: str | in
 
 def mean_steps_for(methods: dict[str, Reconstructor], mean_step: str | int, validation: FieldSplit,
                    families: list[str], coverages: list[float], *, samples: int, seed: int,
-                   periodic: tuple[bool, bool] = (False, False)) -> dict[tuple[str, float], dict[str, dict]]:
+                   periodic: tuple[bool, bool] = (False, False), frame_axes: str | tuple[str, ...] = "auto"
+                   ) -> dict[tuple[str, float], dict[str, dict]]:
     """Per group, the sampling step each conditional method's mean is taken from (see evaluate's
     `mean_steps`): chosen on the validation cases ('auto', with the members' frames among those the
-    data's periodic axes allow), the members' average ('members', an empty choice) or one given step
+    data's periodic axes allow, or those of `frame_axes`: `frame_candidates`), the members' average ('members', an empty choice) or one given step
     (both in the fixed frame). A model whose grid is not the validation fields' keeps its members'
     average under 'auto'."""
     from fieldpaint.reconstruct import member_count
@@ -180,4 +193,5 @@ def mean_steps_for(methods: dict[str, Reconstructor], mean_step: str | int, vali
                   if (core.config.data.height, core.config.data.width) == grid}
     if not chooseable:
         return {}
-    return choose_mean_steps(chooseable, validation, families, coverages, seed=seed, frames=frame_candidates(periodic))
+    return choose_mean_steps(chooseable, validation, families, coverages, seed=seed,
+                             frames=frame_candidates(periodic, frame_axes))

@@ -314,6 +314,23 @@ def test_periodic_data_tries_the_frames_of_its_periodic_axes():
     plain = mean_steps_for({"c": method}, "auto", validation, ["random"], [0.9], samples=2, seed=0)
     assert set(plain[("random", 0.9)]["c"]["frames_validation_gmean_mse"]) == {"fixed"}
     assert plain[("random", 0.9)]["c"]["frames_validation_gmean_mse"]["fixed"] == pytest.approx(tried["fixed"])
+    # Naming the axes restricts the candidates to them; the fixed frame's validation error is the same.
+    both = mean_steps_for({"c": method}, "auto", validation, ["random"], [0.9], samples=2, seed=0,
+                          periodic=(True, True), frame_axes=())[("random", 0.9)]["c"]
+    assert set(both["frames_validation_gmean_mse"]) == {"fixed"} and both["frames"] == "fixed"
+    assert both["frames_validation_gmean_mse"]["fixed"] == pytest.approx(tried["fixed"])
+
+
+def test_frame_candidates_follow_the_named_axes_and_refuse_an_axis_that_does_not_wrap():
+    """The fixed frame first (a tie keeps it), then x before y whatever the order named; an axis the
+    data is not periodic along would roll the field across its edges."""
+    assert frame_candidates((True, True), ("x",)) == ("fixed", "x")
+    assert frame_candidates((True, True), ("y", "x")) == frame_candidates((True, True)) == ("fixed", "x", "y")
+    assert frame_candidates((True, True), ()) == ("fixed",)
+    with pytest.raises(FieldpaintError, match="frame candidate 'y': the data is not periodic along y"):
+        frame_candidates((False, True), ("y",))
+    with pytest.raises(FieldpaintError, match="frame candidate 'z'"):
+        frame_candidates((True, True), ("z",))
 
 
 def test_the_report_names_the_chosen_frames_beside_the_other_candidates(tmp_path):
@@ -393,6 +410,13 @@ def test_cli_mean_step_errors_are_one_line(conditional_run, tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "b"), "--mean-step", "7"]) == 2
     assert "sampling step from 1 to 3" in capsys.readouterr().err
     assert not (tmp_path / "b" / "cases.csv").exists()
+    assert main(base + ["--out", str(tmp_path / "c"), "--frame-candidates", "z"]) == 2
+    assert "give auto, fixed or axes among x, y" in capsys.readouterr().err
+    # the GRF file is not periodic: a rolled candidate is refused before any fit or sample
+    assert main(base + ["--out", str(tmp_path / "d"), "--frame-candidates", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "frame candidate 'x': the data is not periodic along x" in err and "\n" not in err
+    assert not (tmp_path / "d" / "cases.csv").exists()
 
 
 def test_inpaint_records_the_mean_step(conditional_run, tmp_path, capsys):

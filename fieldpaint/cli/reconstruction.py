@@ -27,6 +27,23 @@ def mean_step_choice(text: str, words: tuple[str, ...] = ("auto", "members")) ->
         raise argparse.ArgumentTypeError(f"{text!r}: give {', '.join(words)} or a sampling step (1, 2, ...)") from None
 
 
+def frame_axes_choice(text: str) -> str | tuple[str, ...]:
+    """argparse type of evaluate's --frame-candidates: auto (every periodic axis), fixed (no rolled
+    frame) or comma-separated axes among x and y."""
+    from fieldpaint.mean_step import FRAME_AXES
+
+    if text == "auto":
+        return text
+    if text == "fixed":
+        return ()
+    axes = names(text)
+    unknown = [a for a in axes if a not in FRAME_AXES]
+    if unknown or not axes:
+        raise argparse.ArgumentTypeError(f"{text!r}: give auto, fixed or axes among {', '.join(FRAME_AXES)} "
+                                         "(x,y for both)")
+    return tuple(axes)
+
+
 def inpaint_mean_step(text: str) -> str | int:
     """argparse type of inpaint's --mean-step: members or a sampling step (no validation cases: no auto)."""
     return mean_step_choice(text, ("members",))
@@ -136,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                  split=args.split, n=args.n, samples=args.samples, seed=args.seed,
                                  sampler=_sampler_options(args), gp={"nu": args.gp_nu}, reference=args.reference,
                                  validation_fields=args.validation_fields, mean_step=args.mean_step,
-                                 resume=args.resume,
+                                 frame_axes=args.frame_candidates, resume=args.resume,
                                  progress=not args.no_progress, header=header)
     print(f"report: {report}")
     return 0
@@ -247,6 +264,11 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                    help="conditional methods' mean: auto (per mask family and coverage, the sampling step whose "
                         "denoised fields, averaged over the members, have the lowest error on the validation cases; "
                         "the last step is the members' average), members, or one sampling step")
+    p.add_argument("--frame-candidates", type=frame_axes_choice, default="auto",
+                   help="with --mean-step auto on periodic data, the axes the conditional members' frames may be "
+                        "rolled along (chosen with the step; the fixed frame is always a candidate): auto (every "
+                        "periodic axis), fixed (none), x, y or x,y. Name only axes along which the field's "
+                        "statistics are the same everywhere: each candidate costs a validation pass")
     p.add_argument("--masks", default="random,tracks,stations,boxes", help="mask families")
     p.add_argument("--coverages", default="0.5,0.8,0.9,0.92,0.95,0.98,0.99", help="hidden fractions, each in [0, 1)")
     p.add_argument("--split", choices=["test", "train"], default="test",
