@@ -85,8 +85,9 @@ FAMILIES = ("random", "tracks")
 
 def make_plan(minutes: float, device: torch.device, quick: bool = False, bf16: bool | None = None) -> DemoPlan:
     """CPU: 32x64 fields; the unconditional model (1 M parameters, [16, 32, 64]) gets a small share
-    of the budget (9 %, 6 % in fp32) and the conditional one what data (1-3 min), the unconditional
-    model, the kriging (scored first) and the estimate of the diffusion models' evaluation leave
+    of the budget (9 %, 6 % in fp32, of 15 minutes; growing as the square root of longer budgets)
+    and the conditional one what data (1-3 min), the unconditional model, the kriging (scored
+    first) and the estimate of the diffusion models' evaluation leave
     (`conditional_seconds`: 42 % in a 15-minute run at a slow hour, 55 % at 60 minutes, 61 % in
     fp32 on 2 AVX2 cores; the plan's 47 % is only the nominal share). The evaluation
     draws the conditional model's members on the test and the validation fields and MMPS's on the
