@@ -261,9 +261,8 @@ def test_a_bf16_machine_too_slow_for_the_large_model_trains_the_small_one():
     assert epochs_for_budget(conditional_seconds(3600, 754, 0.83, hour), 0.83, 200, 6, minimum=0) == 10
     assert fit_to_pace(hour, 60, 754, 0.83) == (hour, None)
     assert LARGE_MIN_STEPS == LARGE_MIN_EPOCHS * 50
-    # The unconditional model's minutes grow as the square root of the budget's: 9 % of 15 minutes,
-    # 4.5 % of 60, the rest going to the conditional model.
-    assert (plan.unconditional.minutes, hour.unconditional.minutes) == pytest.approx((15 * 0.09, 60 * 0.045))
+    # The unconditional model's minutes are 9 % of the budget's, at 15 minutes as at 60.
+    assert (plan.unconditional.minutes, hour.unconditional.minutes) == pytest.approx((15 * 0.09, 60 * 0.09))
     # A conditional run already begun keeps its widths, whatever the pace now.
     assert fit_to_pace(plan, 15, 0, None, (32, 64, 128)) == (plan, None)
     assert fit_to_pace(plan, 15, 0, None, (16, 32, 64))[0] == slow
