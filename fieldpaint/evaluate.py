@@ -303,16 +303,16 @@ def evaluate_and_report(out: Path, *, runs: list, methods: list[str], families: 
                         n: int = 100, samples: int = 8, seed: int = 0, sampler: dict | None = None,
                         gp: dict | None = None, per_method: dict[str, dict] | None = None,
                         reference: str = "auto", validation_fields: int = 16, mean_step: str | int = "auto",
-                        frame_axes: str | tuple[str, ...] = "auto", resume: bool = False, progress: bool = True, header: dict | None = None,
-                        report: bool = True) -> Path:
+                        frame_axes: str | tuple[str, ...] = "auto", resume: bool = False, progress: bool = True,
+                        header: dict | None = None, report: bool = True) -> Path:
     """The whole evaluation into `out`: cases.csv, summary.*, reference.json, mean_step.json and
     report.md; returns the report's path (cases.csv's without `report`). `reference`: 'auto' (chosen
     per group on training fields) or a method name. `mean_step`, for the conditional methods: 'auto'
     (chosen per group on the same validation cases), 'members' (the members' average) or one
     sampling step for every group; `frame_axes`, the axes the members' frames may be rolled along
-    with it ('auto': every periodic axis; mean_step.frame_candidates). Resumed, it keeps the reference chosen before (reference.json)
-    and skips the kriging already scored in every group: methods can be added to an evaluation
-    without fitting its kriging again."""
+    with it ('auto': every periodic axis; mean_step.frame_candidates). Resumed, it keeps the
+    reference chosen before (reference.json) and skips the kriging already scored in every group:
+    methods can be added to an evaluation without fitting its kriging again."""
     from fieldpaint.data.fields import periodic_axes
     from fieldpaint.data.symmetry import data_symmetries
     from fieldpaint.reconstruct import BaselineData

@@ -176,9 +176,9 @@ def mean_steps_for(methods: dict[str, Reconstructor], mean_step: str | int, vali
                    ) -> dict[tuple[str, float], dict[str, dict]]:
     """Per group, the sampling step each conditional method's mean is taken from (see evaluate's
     `mean_steps`): chosen on the validation cases ('auto', with the members' frames among those the
-    data's periodic axes allow, or those of `frame_axes`: `frame_candidates`), the members' average ('members', an empty choice) or one given step
-    (both in the fixed frame). A model whose grid is not the validation fields' keeps its members'
-    average under 'auto'."""
+    data's periodic axes allow, or those of `frame_axes`: `frame_candidates`), the members' average
+    ('members', an empty choice) or one given step (both in the fixed frame). A model whose grid is
+    not the validation fields' keeps its members' average under 'auto'."""
     from fieldpaint.reconstruct import member_count
 
     check_fixed_mean_step(methods, mean_step)
